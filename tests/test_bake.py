@@ -1,0 +1,207 @@
+"""Bake the defaults and every other choice on its own; check what comes out."""
+
+import ast
+import re
+import stat
+import subprocess
+import sys
+
+import pytest
+from conftest import CHOICES, ruff, run, template_has, unrendered_leftovers
+
+# The defaults, then each non-default choice of each question on its own (a
+# default choice baked alone is the defaults bake again).
+VARIANTS = [pytest.param({}, id="defaults")] + [
+    pytest.param({key: value}, id=f"{key}={value}")
+    for key, values in CHOICES.items()
+    for value in values[1:]
+]
+
+ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]+")
+DOCKER_PATHS = ["Dockerfile", ".dockerignore", "compose.yaml", ".hadolint.yaml"]
+DOCKER_PATHS += ["deploy"]
+
+
+def dotenv(project):
+    """The KEY=value pairs of the generated .env, comments skipped."""
+    pairs = {}
+    for line in (project / ".env").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def setting_names_read_by(path):
+    """UPPER_CASE string literals passed first to a call, or used as a key.
+
+    Catches env("NAME"), _env("NAME", ...), os.environ.get("NAME"),
+    os.getenv("NAME") and os.environ["NAME"], whatever the helper is called.
+    """
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        literal = None
+        if isinstance(node, ast.Call) and node.args:
+            literal = node.args[0]
+        elif isinstance(node, ast.Subscript):
+            literal = node.slice
+        if (
+            isinstance(literal, ast.Constant)
+            and isinstance(literal.value, str)
+            and ENV_NAME.fullmatch(literal.value)
+        ):
+            names.add(literal.value)
+    return names
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_bake_succeeds_into_the_slug_folder(baked, answers):
+    result = baked(**answers)
+    project = result.project_path
+    assert project.is_dir()
+    assert project.name == result.context["project_slug"]
+    assert (project / "pyproject.toml").is_file()
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_bake_has_no_unrendered_variables(baked, answers):
+    leftovers = unrendered_leftovers(baked(**answers).project_path)
+    assert not leftovers, "template syntax left in the output:\n" + "\n".join(leftovers)
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_bake_passes_ruff_check(baked, answers):
+    checked = ruff("check", ".", cwd=baked(**answers).project_path)
+    assert checked.returncode == 0, f"ruff check failed:\n{checked.stdout}"
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_bake_passes_ruff_format_check(baked, answers):
+    checked = ruff("format", "--check", ".", cwd=baked(**answers).project_path)
+    assert checked.returncode == 0, f"ruff format --check failed:\n{checked.stdout}"
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_dotenv_holds_a_private_key_and_the_chosen_services(baked, answers):
+    result = baked(**answers)
+    project, context = result.project_path, result.context
+    path = project / ".env"
+    assert path.is_file(), ".env was not written"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    settings = dotenv(project)
+    assert len(settings.get("SECRET_KEY", "")) >= 32
+    assert settings.get("APP_ENV") == "development"
+    if context["database"] == "postgresql":
+        assert settings.get("DATABASE_URL") == (
+            "postgresql+psycopg://postgres@127.0.0.1:5432/" + context["package_name"]
+        )
+    else:
+        assert "DATABASE_URL" not in settings
+    if context["broadcast"] == "redis":
+        assert settings.get("REDIS_URL") == "redis://127.0.0.1:6379/0"
+    else:
+        assert "REDIS_URL" not in settings
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_env_example_documents_every_setting(baked, answers):
+    result = baked(**answers)
+    project, package = result.project_path, result.context["package_name"]
+    config = project / "src" / package / "config.py"
+    assert config.is_file(), f"{config.relative_to(project)} is missing"
+    example = project / ".env.example"
+    assert example.is_file(), ".env.example is missing"
+
+    read = setting_names_read_by(config)
+    assert "SECRET_KEY" in read, "config.py reads no SECRET_KEY: is the lookup seen?"
+    gunicorn_conf = project / "gunicorn.conf.py"
+    if gunicorn_conf.is_file():
+        read |= setting_names_read_by(gunicorn_conf)
+    read |= set(dotenv(project))
+
+    documented = example.read_text()
+    missing = sorted(name for name in read if not re.search(rf"\b{name}\b", documented))
+    assert not missing, f".env.example does not document: {', '.join(missing)}"
+
+
+def test_two_bakes_get_different_secret_keys(bake):
+    first = dotenv(bake().project_path)["SECRET_KEY"]
+    second = dotenv(bake().project_path)["SECRET_KEY"]
+    assert first != second
+
+
+def test_dotenv_is_written_by_the_hook_not_the_template():
+    assert not template_has(".env"), "the template must not ship a .env"
+
+
+def test_dotenv_is_git_ignored_and_env_example_is_not(baked):
+    project = baked().project_path
+    assert (project / ".gitignore").is_file(), ".gitignore is missing"
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    ignored = run(["git", "check-ignore", "-v", ".env"], cwd=project)
+    assert ignored.returncode == 0, f".env is not ignored by git: {ignored.stdout}"
+    if (project / ".env.example").exists():
+        kept = run(["git", "check-ignore", "-v", ".env.example"], cwd=project)
+        assert kept.returncode == 1, f".env.example is ignored: {kept.stdout}"
+
+
+def test_without_docker_there_are_no_docker_files(baked):
+    project = baked(use_docker="n").project_path
+    left = [path for path in DOCKER_PATHS if (project / path).exists()]
+    assert not left, f"use_docker=n left: {', '.join(left)}"
+
+
+def test_with_docker_the_docker_files_are_kept(baked):
+    project = baked(use_docker="y").project_path
+    shipped = [path for path in DOCKER_PATHS if template_has(path)]
+    missing = [path for path in shipped if not (project / path).exists()]
+    assert not missing, f"use_docker=y lost: {', '.join(missing)}"
+
+
+def test_without_ci_there_is_no_github_folder(baked):
+    assert not (baked(ci="none").project_path / ".github").exists()
+
+
+def test_with_github_ci_the_workflows_are_kept(baked):
+    if not template_has(".github"):
+        pytest.skip("the template has no .github folder yet")
+    workflows = baked(ci="github").project_path / ".github" / "workflows"
+    assert any(workflows.glob("*.y*ml")), "ci=github produced no workflow"
+
+
+def check_against_builtin_schema(project, schema, files):
+    """Validate files with check-jsonschema's vendored schema (no network)."""
+    return run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema]
+        + [str(path.relative_to(project)) for path in files],
+        cwd=project,
+    )
+
+
+@pytest.mark.parametrize(
+    "answers", [v for v in VARIANTS if v.values[0].get("use_docker") != "n"]
+)
+def test_compose_file_matches_the_compose_spec(baked, answers):
+    if not template_has("compose.yaml"):
+        pytest.skip("the template has no compose.yaml yet")
+    project = baked(**answers).project_path
+    checked = check_against_builtin_schema(
+        project, "vendor.compose-spec", [project / "compose.yaml"]
+    )
+    assert checked.returncode == 0, f"compose.yaml is not valid:\n{checked.stdout}"
+
+
+@pytest.mark.parametrize(
+    "answers", [v for v in VARIANTS if v.values[0].get("ci") != "none"]
+)
+def test_github_workflows_match_their_schema(baked, answers):
+    if not template_has(".github"):
+        pytest.skip("the template has no .github folder yet")
+    project = baked(**answers).project_path
+    workflows = sorted((project / ".github" / "workflows").glob("*.y*ml"))
+    assert workflows, "no workflow was generated"
+    checked = check_against_builtin_schema(
+        project, "vendor.github-workflows", workflows
+    )
+    assert checked.returncode == 0, f"a workflow is not valid:\n{checked.stdout}"
