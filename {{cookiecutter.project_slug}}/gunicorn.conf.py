@@ -1,0 +1,58 @@
+"""gunicorn settings: the one place that sets workers, threads and timeouts.
+
+Every value comes from the environment through `{{ cookiecutter.package_name }}.config`;
+a `--bind` or other flag on the command line wins over this file.
+https://docs.gunicorn.org/en/stable/settings.html
+"""
+
+from {{ cookiecutter.package_name }}.config import Settings
+
+# Stops here, with one line, when a setting is missing or wrong (SECRET_KEY...).
+settings = Settings.from_env()
+
+# https://docs.gunicorn.org/en/stable/settings.html#wsgi-app
+wsgi_app = "{{ cookiecutter.package_name }}:create_app()"
+
+# All interfaces, for the container; in front of it nginx is the only client.
+# https://docs.gunicorn.org/en/stable/settings.html#bind
+bind = [f"0.0.0.0:{settings.port}"]
+
+# https://docs.gunicorn.org/en/stable/settings.html#workers
+workers = settings.web_concurrency
+{%- if cookiecutter.worker_class == "gthread" %}
+
+# Threads, because an open WebSocket keeps its request running for as long as
+# it lives: each socket holds one pool thread (and a reader thread of its
+# own), so a worker holds at most `threads` sockets and HTTP requests together.
+# https://docs.gunicorn.org/en/stable/settings.html#threads
+worker_class = "gthread"
+threads = settings.gunicorn_threads
+{%- else %}
+
+# Greenlets: an open socket costs a few tens of KB instead of two OS threads,
+# so one worker holds thousands. Install with `gunicorn[gevent]`.
+# https://docs.gunicorn.org/en/stable/design.html#async-workers
+worker_class = "gevent"
+# https://docs.gunicorn.org/en/stable/settings.html#worker-connections
+worker_connections = settings.gunicorn_worker_connections
+{%- endif %}
+
+# The worker's heartbeat to the master, not a limit on a request's length:
+# a socket may stay open for hours. 30 s is gunicorn's default.
+# https://docs.gunicorn.org/en/stable/settings.html#timeout
+timeout = 30
+
+# How long a stopping worker waits for open requests (sockets included)
+# before it drops them.
+# https://docs.gunicorn.org/en/stable/settings.html#graceful-timeout
+graceful_timeout = 30
+
+# Longer than gunicorn's 2 s so a proxy's idle upstream connections are
+# reused rather than closed under it.
+# https://docs.gunicorn.org/en/stable/settings.html#keepalive
+keepalive = 5
+
+# Both logs to stdout/stderr: the container runtime collects them.
+# https://docs.gunicorn.org/en/stable/settings.html#accesslog
+accesslog = "-"
+errorlog = "-"

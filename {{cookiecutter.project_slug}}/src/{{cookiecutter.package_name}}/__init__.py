@@ -1,0 +1,62 @@
+"""The application factory:  builds the app from the settings."""
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from flask import Flask
+
+from .config import Settings
+from .extensions import csrf, db, login_manager, migrate, sock
+
+
+def create_app(config: Mapping[str, str] | None = None) -> Flask:
+    """Build the app.
+
+    `config` takes settings by their environment names (`SECRET_KEY`,
+    `DATABASE_URL`...) and wins over the environment; tests use it.
+    """
+    environ = None if config is None else {**os.environ, **config}
+    settings = Settings.from_env(environ)
+
+    app = Flask(__name__)
+    app.config.from_mapping(settings.flask_config(app.instance_path))
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    configure_logging(app)
+
+    register_extensions(app)
+    register_blueprints(app)
+    register_commands(app)
+    return app
+
+
+def configure_logging(app: Flask) -> None:
+    # Under gunicorn, log through its error log so that both share one stream.
+    gunicorn_logger = logging.getLogger("gunicorn.error")
+    if gunicorn_logger.handlers:
+        app.logger.handlers = gunicorn_logger.handlers
+        app.logger.setLevel(gunicorn_logger.level)
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    migrate.init_app(app, db)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    sock.init_app(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from . import auth, health, pages, realtime
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(pages.bp)
+    realtime.init_app(app)
+
+
+def register_commands(app: Flask) -> None:
+    from .auth.cli import users
+
+    app.cli.add_command(users)

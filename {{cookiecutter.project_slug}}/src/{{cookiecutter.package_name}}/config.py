@@ -1,0 +1,188 @@
+"""Settings, read from the environment (and `.env`) here and nowhere else.
+
+Every variable is listed in `.env.example` and in the README's settings table.
+"""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+ENVIRONMENTS = ("production", "development", "testing")
+
+# A key shorter than this is a typo or a placeholder, not a secret.
+MIN_SECRET_KEY_LENGTH = 32
+PLACEHOLDER_SECRET_KEYS = {"change-me", "changeme", "secret", "dev"}
+# Outside production a missing SECRET_KEY falls back to this, so that
+# `flask` commands and a first `gunicorn` run work before `.env` exists.
+INSECURE_DEVELOPMENT_KEY = "development-only-key-never-use-it-in-production"
+
+GENERATE_KEY_HINT = (
+    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+)
+
+
+class ConfigError(SystemExit):
+    """A setting is missing or wrong.
+
+    It is a SystemExit so that `gunicorn` and `flask` stop with this one line
+    instead of a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_env: str
+    secret_key: str
+    database_url: str | None
+    redis_url: str
+    allowed_origins: tuple[str, ...]
+    ws_ping_interval: float
+    ws_max_message_size: int
+    token_max_age: int
+    trusted_proxy_count: int
+    port: int
+    web_concurrency: int
+    gunicorn_threads: int
+    gunicorn_worker_connections: int
+
+    @property
+    def debug_or_testing(self) -> bool:
+        return self.app_env != "production"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read the settings from `environ` (default: the process environment,
+        completed by `.env` in the working directory without overriding it)."""
+        if environ is None:
+            environ = {**dotenv_values(Path.cwd() / ".env"), **os.environ}
+        env = _Reader(environ)
+
+        app_env = env.str("APP_ENV", "production")
+        if app_env not in ENVIRONMENTS:
+            raise ConfigError(
+                f"APP_ENV is {app_env!r}; use one of {', '.join(ENVIRONMENTS)}"
+            )
+        return cls(
+            app_env=app_env,
+            secret_key=_secret_key(env.str("SECRET_KEY", ""), app_env),
+            database_url=_database_url(env.str("DATABASE_URL", "")),
+            redis_url=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            allowed_origins=_origins(env.str("ALLOWED_ORIGINS", "")),
+            ws_ping_interval=env.number("WS_PING_INTERVAL", 25, minimum=0),
+            ws_max_message_size=env.integer("WS_MAX_MESSAGE_SIZE", 65536, minimum=1),
+            token_max_age=env.integer("TOKEN_MAX_AGE", 3600, minimum=1),
+            trusted_proxy_count=env.integer("TRUSTED_PROXY_COUNT", 0, minimum=0),
+            port=env.integer("PORT", 8000, minimum=1),
+            # One worker by default: the in-process chat hub reaches only the
+            # sockets of its own worker.
+            web_concurrency=env.integer("WEB_CONCURRENCY", 1, minimum=1),
+            gunicorn_threads=env.integer("GUNICORN_THREADS", 100, minimum=1),
+            gunicorn_worker_connections=env.integer(
+                "GUNICORN_WORKER_CONNECTIONS", 1000, minimum=1
+            ),
+        )
+
+    def flask_config(self, instance_path: str) -> dict:
+        """The Flask configuration these settings amount to."""
+        production = self.app_env == "production"
+        database_url = (
+            self.database_url or f"sqlite:///{Path(instance_path) / 'app.db'}"
+        )
+        return {
+            "APP_ENV": self.app_env,
+            "TESTING": self.app_env == "testing",
+            "SECRET_KEY": self.secret_key,
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            # Check a pooled connection before use: the database may have
+            # restarted since. https://docs.sqlalchemy.org/en/20/core/pooling.html#pool-disconnects
+            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+            "REDIS_URL": self.redis_url,
+            "ALLOWED_ORIGINS": self.allowed_origins,
+            "TOKEN_MAX_AGE": self.token_max_age,
+            "TRUSTED_PROXY_COUNT": self.trusted_proxy_count,
+            # https://flask.palletsprojects.com/en/stable/web-security/#set-cookie-options
+            "SESSION_COOKIE_HTTPONLY": True,
+            "SESSION_COOKIE_SAMESITE": "Lax",
+            "SESSION_COOKIE_SECURE": production,
+            "REMEMBER_COOKIE_HTTPONLY": True,
+            "REMEMBER_COOKIE_SAMESITE": "Lax",
+            "REMEMBER_COOKIE_SECURE": production,
+            # Read by Flask-Sock and handed to simple_websocket.Server.
+            # Pings keep idle sockets alive through proxies that time out
+            # silent connections (nginx: proxy_read_timeout, 60 s).
+            # https://flask-sock.readthedocs.io/en/latest/web_servers.html
+            "SOCK_SERVER_OPTIONS": {
+                "ping_interval": self.ws_ping_interval or None,
+                "max_message_size": self.ws_max_message_size,
+            },
+        }
+
+
+class _Reader:
+    """Typed access to an environment mapping, with one-line errors."""
+
+    def __init__(self, environ: Mapping[str, str | None]) -> None:
+        self._environ = environ
+
+    def str(self, name: str, default: str) -> str:
+        value = self._environ.get(name)
+        return default if value is None else value.strip()
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        raw = self.str(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float) -> float:
+        raw = self.str(name, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+
+def _secret_key(value: str, app_env: str) -> str:
+    if not value:
+        if app_env != "production":
+            return INSECURE_DEVELOPMENT_KEY
+        raise ConfigError(f"SECRET_KEY is not set; {GENERATE_KEY_HINT}")
+    if value.lower() in PLACEHOLDER_SECRET_KEYS or value == INSECURE_DEVELOPMENT_KEY:
+        if app_env != "production":
+            return value
+        raise ConfigError(f"SECRET_KEY is a placeholder; {GENERATE_KEY_HINT}")
+    if len(value) < MIN_SECRET_KEY_LENGTH and app_env == "production":
+        raise ConfigError(
+            f"SECRET_KEY is {len(value)} characters long, "
+            f"at least {MIN_SECRET_KEY_LENGTH} are needed; {GENERATE_KEY_HINT}"
+        )
+    return value
+
+
+def _database_url(value: str) -> str | None:
+    """Point PostgreSQL URLs at psycopg 3, whichever spelling was given."""
+    for prefix in ("postgres://", "postgresql://"):
+        if value.startswith(prefix):
+            return "postgresql+psycopg://" + value.removeprefix(prefix)
+    return value or None
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(
+        origin.strip().rstrip("/").lower()
+        for origin in value.split(",")
+        if origin.strip()
+    )

@@ -1,0 +1,46 @@
+"""The gate in front of every WebSocket route, run before the handshake.
+
+Flask-Sock sends the 101 before it calls the view, so a check inside the view
+(`login_required` included) can no longer answer in HTTP: the client would see
+a socket that opens and then closes. This `before_request` runs first and
+answers 403 or 401 while the connection still speaks HTTP.
+"""
+
+from flask import current_app, jsonify, request
+from flask_login import current_user
+
+from ..extensions import db
+from . import bp
+from .session import make_session_read_only
+
+
+@bp.before_request
+def require_login_before_handshake():
+    if not origin_is_allowed():
+        return jsonify(error="origin not allowed"), 403
+    if not current_user.is_authenticated:
+        return (
+            jsonify(error="authentication required"),
+            401,
+            {"WWW-Authenticate": 'Bearer realm="websocket"'},
+        )
+    # The user is loaded; give the database connection back to the pool now
+    # rather than holding it for as long as the socket stays open.
+    db.session.close()
+    make_session_read_only()
+    return None
+
+
+def origin_is_allowed() -> bool:
+    """Refuse pages from other sites (cross-site WebSocket hijacking).
+
+    Browsers always send Origin on a WebSocket handshake and attach cookies
+    whatever page opened it; clients without an Origin are not browsers.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    allowed = current_app.config["ALLOWED_ORIGINS"] or (
+        f"{request.scheme}://{request.host}".lower(),
+    )
+    return origin.strip().rstrip("/").lower() in allowed

@@ -1,0 +1,66 @@
+"""The chat hub: who is listening, and how a message reaches them.
+
+A handler subscribes a `deliver` function for its socket and publishes what
+its client says; the hub calls every subscriber's `deliver` with the message
+serialized once. `MemoryHub` reaches the sockets of this process only.
+"""
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from flask import Flask, current_app
+
+Deliver = Callable[[str], None]
+
+
+class HubUnavailable(RuntimeError):
+    """The hub cannot publish right now; nothing was sent."""
+
+
+class Hub(Protocol):
+    def subscribe(self, deliver: Deliver) -> Callable[[], None]:
+        """Start delivering to `deliver`; call the result to stop."""
+
+    def publish(self, message: Mapping) -> None:
+        """Send to every subscriber, or raise HubUnavailable."""
+
+    def check(self) -> None:
+        """Raise HubUnavailable when publishing would fail."""
+
+
+class MemoryHub:
+    """Fan-out within one process: one gunicorn worker, not several."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: set[Deliver] = set()
+
+    def subscribe(self, deliver: Deliver) -> Callable[[], None]:
+        with self._lock:
+            self._subscribers.add(deliver)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers.discard(deliver)
+
+        return unsubscribe
+
+    def publish(self, message: Mapping) -> None:
+        payload = json.dumps(message)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for deliver in subscribers:
+            deliver(payload)
+
+    def check(self) -> None:
+        return None
+
+
+def create_hub(app: Flask) -> Hub:
+    return MemoryHub()
+
+
+def current_hub() -> Hub:
+    return current_app.extensions["chat_hub"]
