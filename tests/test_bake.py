@@ -5,6 +5,7 @@ import re
 import stat
 import subprocess
 import sys
+import tomllib
 
 import pytest
 from conftest import CHOICES, ruff, run, template_has, unrendered_leftovers
@@ -205,3 +206,17 @@ def test_github_workflows_match_their_schema(baked, answers):
         project, "vendor.github-workflows", workflows
     )
     assert checked.returncode == 0, f"a workflow is not valid:\n{checked.stdout}"
+
+
+def test_free_text_answers_with_quotes_keep_pyproject_valid(bake):
+    project = bake(
+        project_name='Chat "Relay"',
+        description='Says "hi" \\ and bye',
+        author_name="O'Brien \\ Bob",
+    ).project_path
+    try:
+        tomllib.loads((project / "pyproject.toml").read_text())
+    except tomllib.TOMLDecodeError as error:
+        pytest.fail(f"pyproject.toml is not valid TOML: {error}")
+    checked = ruff("check", ".", cwd=project)
+    assert checked.returncode == 0, f"ruff check failed:\n{checked.stdout}"
