@@ -1,0 +1,109 @@
+"""Bake a project, install it into its own venv, and run its own test suite.
+
+This is what a user does right after generating: ``pip install -e ".[dev]"``
+then ``pytest``. All venvs share uv's one wheel cache (uv's default), so only
+the first install downloads anything.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+from conftest import require, run
+
+VENV_PYTHON = "3.11"
+INSTALL_TIMEOUT = 600
+SUITE_TIMEOUT = 900
+OUTPUT_TAIL = 6000
+
+VARIANTS = [
+    pytest.param({}, id="gthread-sqlite"),
+    pytest.param({"worker_class": "gevent"}, id="gevent-sqlite"),
+    pytest.param({"database": "postgresql"}, id="gthread-postgresql"),
+    pytest.param({"broadcast": "redis"}, id="gthread-sqlite-redis"),
+]
+
+# What a variant needs running on this machine (see DESIGN.md, "These machines").
+SERVICES = {
+    ("database", "postgresql"): ("PostgreSQL", "127.0.0.1", 5432),
+    ("broadcast", "redis"): ("Redis", "127.0.0.1", 6379),
+}
+
+# Where the generated suite finds a service, unless the environment says so
+# already (its pyproject's needs_postgres marker names TEST_DATABASE_URL).
+SERVICE_URLS = {
+    ("database", "postgresql"): (
+        "TEST_DATABASE_URL",
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    ),
+}
+
+
+def reachable(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def tail(text):
+    return text if len(text) <= OUTPUT_TAIL else "...\n" + text[-OUTPUT_TAIL:]
+
+
+def run_step(command, cwd, timeout, env=None):
+    """Run one setup or test step; fail the test with its output's tail."""
+    try:
+        finished = run(command, cwd=cwd, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as expired:
+        output = expired.output or ""
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
+        pytest.fail(f"{' '.join(command)} timed out after {timeout}s:\n{tail(output)}")
+    assert finished.returncode == 0, (
+        f"{' '.join(command)} exited {finished.returncode}:\n{tail(finished.stdout)}"
+    )
+    return finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_generated_suite_passes(bake, answers):
+    for (question, answer), (name, host, port) in SERVICES.items():
+        if answers.get(question) == answer:
+            require(reachable(host, port), f"{name} is not reachable at {host}:{port}")
+    uv = shutil.which("uv")
+    require(uv is not None, "uv is not installed")
+
+    project = bake(**answers).project_path
+    venv = project / ".venv"
+    run_step(
+        [uv, "venv", "--no-python-downloads", "--python", VENV_PYTHON, str(venv)],
+        cwd=project,
+        timeout=INSTALL_TIMEOUT,
+    )
+    run_step(
+        [uv, "pip", "install", "--python", str(venv / "bin" / "python")]
+        + ["-e", ".[dev]"],
+        cwd=project,
+        timeout=INSTALL_TIMEOUT,
+    )
+
+    # The current environment (REQUIRE_ALL included), as if the venv were
+    # activated, so the suite's own subprocesses find its gunicorn and python.
+    env = dict(os.environ)
+    env.pop("PYTHONHOME", None)
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    for (question, answer), (variable, url) in SERVICE_URLS.items():
+        if answers.get(question) == answer:
+            env.setdefault(variable, url)
+
+    run_step(
+        [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        timeout=SUITE_TIMEOUT,
+        env=env,
+    )
