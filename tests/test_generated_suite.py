@@ -62,9 +62,9 @@ def run_step(command, cwd, timeout, env=None):
         if isinstance(output, bytes):
             output = output.decode(errors="replace")
         pytest.fail(f"{' '.join(command)} timed out after {timeout}s:\n{tail(output)}")
-    assert finished.returncode == 0, (
-        f"{' '.join(command)} exited {finished.returncode}:\n{tail(finished.stdout)}"
-    )
+    # Compare a plain int, so pytest does not repeat the whole output in its repr.
+    code = finished.returncode
+    assert code == 0, f"{' '.join(command)} exited {code}:\n{tail(finished.stdout)}"
     return finished
 
 
