@@ -26,7 +26,6 @@ CHOICES = {
     for key, value in COOKIECUTTER_JSON.items()
     if not key.startswith("_") and isinstance(value, list)
 }
-DEFAULTS = {key: values[0] for key, values in CHOICES.items()}
 
 UNRENDERED_PATTERNS = [
     re.compile(r"\{\{-?\s*cookiecutter\b"),

@@ -19,8 +19,14 @@ VARIANTS = [pytest.param({}, id="defaults")] + [
 ]
 
 ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]+")
-DOCKER_PATHS = ["Dockerfile", ".dockerignore", "compose.yaml", ".hadolint.yaml"]
-DOCKER_PATHS += ["deploy"]
+# What use_docker=n removes (hooks/post_gen_project.py).
+DOCKER_PATHS = [
+    "Dockerfile",
+    ".dockerignore",
+    "compose.yaml",
+    ".hadolint.yaml",
+    "deploy",
+]
 
 
 def dotenv(project):
