@@ -1,0 +1,282 @@
+"""Real processes, real protocols: gunicorn from gunicorn.conf.py on a free
+port, the real `flask` commands, and real HTTP and WebSocket clients.
+
+Tests that need something a machine may lack skip with the reason; with
+REQUIRE_ALL=1 (set by CI) they fail instead.
+"""
+
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from websockets.sync.client import connect
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "{{ cookiecutter.package_name }}"
+BIN = Path(sys.executable).parent
+PASSWORD = "correct horse battery"
+
+
+def require(available: bool, reason: str) -> None:
+    """Skip when something the test needs is missing; fail under REQUIRE_ALL=1."""
+    if available:
+        return
+    if os.environ.get("REQUIRE_ALL") == "1":
+        pytest.fail(f"{reason} (REQUIRE_ALL=1 turns this skip into a failure)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def clean_environ(**settings: str) -> dict:
+    """The process environment without any of the app's settings, plus these.
+
+    The tests decide every setting; nothing leaks in from the shell or `.env`.
+    """
+    names = re.findall(
+        r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"',
+        (PROJECT_ROOT / "src" / PACKAGE / "config.py").read_text(),
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in names}
+    environ.update(settings)
+    return environ
+
+
+{%- if cookiecutter.database == "postgresql" %}
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    """A fresh PostgreSQL database on the server named by TEST_DATABASE_ADMIN_URL."""
+    import psycopg
+
+    admin_url = os.environ.get(
+        "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        require(False, f"PostgreSQL is not reachable at {admin_url}: {error}")
+    name = f"test_{PACKAGE}_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        base = admin_url.rsplit("/", 1)[0]
+        yield f"{base}/{name}"
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+{%- else %}
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+{%- endif %}
+
+
+@pytest.fixture(scope="session")
+def settings(database_url) -> dict:
+    """The settings of the default test server."""
+    return {
+        "APP_ENV": "testing",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "DATABASE_URL": database_url,
+    }
+
+
+def run_flask(settings: dict, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run a `flask --app <package>` command, as a user would."""
+    return subprocess.run(
+        [str(BIN / "flask"), "--app", PACKAGE, *args],
+        cwd=kwargs.pop("cwd", PROJECT_ROOT),
+        env=clean_environ(**settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="session")
+def migrated(settings) -> dict:
+    result = run_flask(settings, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    return settings
+
+
+class Server:
+    """gunicorn, started from gunicorn.conf.py in a subprocess on a free port."""
+
+    def __init__(self, settings: dict, log_path: Path, app: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"]
+        command += ["--bind", f"127.0.0.1:{self.port}"]
+        if app:
+            command.append(app)
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=clean_environ(**settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_until_healthy()
+
+    def _wait_until_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not answer in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def start_server(migrated, tmp_path_factory):
+    """Start another gunicorn with settings of the test's own; stopped at the end."""
+    started = []
+
+    def start(app: str | None = None, **overrides: str) -> Server:
+        log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+        server = Server({**migrated, **overrides}, log_path, app=app)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server) -> Server:
+    """The default test server, shared by the tests that only talk to it."""
+    return start_server()
+
+
+@pytest.fixture(scope="session")
+def make_user(migrated):
+    """Create a user with the real CLI; returns the email."""
+
+    def make(email: str | None = None) -> str:
+        email = email or f"user-{secrets.token_hex(4)}@example.com"
+        result = run_flask(migrated, "users", "create", email, "--password", PASSWORD)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"created user {email}"
+        return email
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def alice(make_user) -> str:
+    return make_user("alice@example.com")
+
+
+@pytest.fixture(scope="session")
+def bob(make_user) -> str:
+    return make_user("bob@example.com")
+
+
+def bearer_token(server: Server, email: str) -> str:
+    response = requests.post(f"{server.url}/auth/token", auth=(email, PASSWORD))
+    assert response.status_code == 200, response.text
+    return response.json()["token"]
+
+
+def csrf_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, "no CSRF token in the form"
+    return match.group(1)
+
+
+def log_in(server: Server, email: str, password: str = PASSWORD) -> requests.Session:
+    """Log in through the form, as a browser does; the session holds the cookie."""
+    browser = requests.Session()
+    form = browser.get(f"{server.url}/auth/login")
+    trust_secure_cookies_on_loopback(browser)
+    response = browser.post(
+        f"{server.url}/auth/login",
+        data={
+            "email": email,
+            "password": password,
+            "csrf_token": csrf_token(form.text),
+        },
+        allow_redirects=False,
+    )
+    assert response.status_code == 302, response.text
+    trust_secure_cookies_on_loopback(browser)
+    return browser
+
+
+def trust_secure_cookies_on_loopback(browser: requests.Session) -> None:
+    """Browsers count http://127.0.0.1 as a secure context and send it Secure
+    cookies; requests does not, so the servers in production mode need this."""
+    for cookie in browser.cookies:
+        cookie.secure = False
+
+
+def cookie_header(browser: requests.Session) -> str:
+    return "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
+
+
+def open_socket(server: Server, path: str, *, token=None, browser=None, origin=None):
+    """A WebSocket to `path`, authenticated by a bearer token or a browser's cookie.
+
+    Raises websockets.exceptions.InvalidStatus when the handshake is refused.
+    """
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if browser is not None:
+        headers["Cookie"] = cookie_header(browser)
+        origin = origin or server.url  # browsers always send Origin
+    return connect(
+        f"{server.ws_url}{path}",
+        additional_headers=headers,
+        origin=origin,
+        open_timeout=10,
+        close_timeout=5,
+        max_size=None,
+    )

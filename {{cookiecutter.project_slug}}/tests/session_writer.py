@@ -1,0 +1,30 @@
+"""A test-only app: the real one plus a WebSocket handler that changes the
+session, behind the same guard as every socket route."""
+
+from flask import Blueprint, session
+from flask_login import login_required
+
+from {{ cookiecutter.package_name }} import create_app
+from {{ cookiecutter.package_name }}.extensions import sock
+from {{ cookiecutter.package_name }}.realtime.connection import closes_on_error
+from {{ cookiecutter.package_name }}.realtime.guards import require_login_before_handshake
+
+bp = Blueprint("session_writer", __name__)
+bp.before_request(require_login_before_handshake)
+
+
+@sock.route("/ws/session-writer", bp=bp)
+@login_required
+@closes_on_error
+def write_session(ws) -> None:
+    ws.send(f"visits before: {session.get('visits', 0)}")
+    session["visits"] = session.get("visits", 0) + 1
+    ws.send("changed the session")
+    while True:
+        ws.send(ws.receive())
+
+
+def create_session_writer_app():
+    app = create_app()
+    app.register_blueprint(bp)
+    return app

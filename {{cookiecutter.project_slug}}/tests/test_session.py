@@ -1,0 +1,41 @@
+"""A handler that changes the session is told, loudly, that it cannot be saved."""
+
+import secrets
+
+import pytest
+from websockets.exceptions import ConnectionClosedError
+
+from .conftest import log_in, open_socket
+
+APP = "tests.session_writer:create_session_writer_app()"
+LOST_CHANGE = (
+    "the session was changed inside the WebSocket handler of /ws/session-writer; "
+    "the change cannot be saved"
+)
+
+
+def test_session_change_is_an_error_under_tests(start_server, alice):
+    server = start_server(app=APP)
+    with open_socket(server, "/ws/session-writer", browser=log_in(server, alice)) as ws:
+        assert ws.recv(timeout=5) == "visits before: 0"
+        with pytest.raises(ConnectionClosedError) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd.code == 1011
+    log = server.log()
+    assert "SessionChangeNotSaved" in log
+    assert LOST_CHANGE in log
+
+
+def test_session_change_is_a_warning_in_production(start_server, alice):
+    secret = secrets.token_urlsafe(48)
+    server = start_server(app=APP, APP_ENV="production", SECRET_KEY=secret)
+    browser = log_in(server, alice)
+    with open_socket(server, "/ws/session-writer", browser=browser) as ws:
+        assert ws.recv(timeout=5) == "visits before: 0"
+        assert ws.recv(timeout=5) == "changed the session"
+        ws.send("the socket goes on")
+        assert ws.recv(timeout=5) == "the socket goes on"
+    assert f"WARNING] {LOST_CHANGE}" in server.log().replace("[WARNING]", "WARNING]")
+    # And indeed it was not saved: the next socket sees the old session.
+    with open_socket(server, "/ws/session-writer", browser=browser) as ws:
+        assert ws.recv(timeout=5) == "visits before: 0"
