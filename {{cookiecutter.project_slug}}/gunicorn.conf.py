@@ -52,6 +52,12 @@ graceful_timeout = 30
 # https://docs.gunicorn.org/en/stable/settings.html#keepalive
 keepalive = 5
 
+# The control socket (gunicornc) lives at one path per user, so several
+# gunicorns on one host (instances side by side, the test suite) would fight
+# over it; nothing here uses it.
+# https://docs.gunicorn.org/en/stable/settings.html#control-socket-disable
+control_socket_disable = True
+
 # Both logs to stdout/stderr: the container runtime collects them.
 # https://docs.gunicorn.org/en/stable/settings.html#accesslog
 accesslog = "-"
