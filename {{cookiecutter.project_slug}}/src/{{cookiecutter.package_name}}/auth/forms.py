@@ -4,21 +4,31 @@ from wtforms.validators import DataRequired, Email, EqualTo, Length
 
 from .models import MIN_PASSWORD_LENGTH
 
+# autocomplete hints let password managers fill the right fields.
+USERNAME = {"autocomplete": "username"}
+
 
 class LoginForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired(), Email()])
-    password = PasswordField("Password", validators=[DataRequired()])
+    email = EmailField("Email", [DataRequired(), Email()], render_kw=USERNAME)
+    password = PasswordField(
+        "Password",
+        validators=[DataRequired()],
+        render_kw={"autocomplete": "current-password"},
+    )
     submit = SubmitField("Log in")
 
 
 class RegisterForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired(), Email()])
+    email = EmailField("Email", [DataRequired(), Email()], render_kw=USERNAME)
     password = PasswordField(
-        "Password", validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH)]
+        "Password",
+        validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH)],
+        render_kw={"autocomplete": "new-password"},
     )
     confirm = PasswordField(
         "Repeat the password",
         validators=[DataRequired(), EqualTo("password", "The passwords differ.")],
+        render_kw={"autocomplete": "new-password"},
     )
     submit = SubmitField("Create the account")
 
