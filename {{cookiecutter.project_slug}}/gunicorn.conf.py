@@ -5,6 +5,9 @@ a `--bind` or other flag on the command line wins over this file.
 https://docs.gunicorn.org/en/stable/settings.html
 """
 
+import signal
+import threading
+
 from {{ cookiecutter.package_name }}.config import Settings
 
 # Stops here, with one line, when a setting is missing or wrong (SECRET_KEY...).
@@ -42,8 +45,8 @@ worker_connections = settings.gunicorn_worker_connections
 # https://docs.gunicorn.org/en/stable/settings.html#timeout
 timeout = 30
 
-# How long a stopping worker waits for open requests (sockets included)
-# before it drops them.
+# How long a stopping worker waits for open requests before it drops them.
+# Sockets do not wait for it: `post_worker_init` below closes them at once.
 # https://docs.gunicorn.org/en/stable/settings.html#graceful-timeout
 graceful_timeout = 30
 
@@ -62,3 +65,33 @@ control_socket_disable = True
 # https://docs.gunicorn.org/en/stable/settings.html#accesslog
 accesslog = "-"
 errorlog = "-"
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#post-worker-init
+def post_worker_init(worker):
+    """Close every open socket with 1001 "going away" when the worker is told
+    to stop (SIGTERM: a shutdown, or a restart during a deploy), so clients
+    reconnect at once. Left alone, gunicorn would wait `graceful_timeout` for
+    the sockets and then drop them without a close frame."""
+    open_connections = worker.wsgi.extensions["open_connections"]
+    stop = worker.handle_exit
+
+    def close_sockets_then_stop(signum, frame):
+        # Sending blocks; a signal handler must not, so a thread sends.
+        threading.Thread(target=open_connections.close_all, daemon=True).start()
+        stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, close_sockets_then_stop)
+{%- if cookiecutter.broadcast == "memory" %}
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#on-starting
+def on_starting(server):
+    if server.cfg.workers > 1:
+        server.log.warning(
+            "broadcast = memory with %d workers: a chat message reaches only the "
+            "clients of the worker that received it; run one worker, or generate "
+            "the project with broadcast = redis",
+            server.cfg.workers,
+        )
+{%- endif %}

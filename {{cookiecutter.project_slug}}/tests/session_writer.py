@@ -6,7 +6,7 @@ from flask_login import login_required
 
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.extensions import sock
-from {{ cookiecutter.package_name }}.realtime.connection import closes_on_error
+from {{ cookiecutter.package_name }}.realtime.connections import websocket_handler
 from {{ cookiecutter.package_name }}.realtime.guards import require_login_before_handshake
 
 bp = Blueprint("session_writer", __name__)
@@ -15,13 +15,13 @@ bp.before_request(require_login_before_handshake)
 
 @sock.route("/ws/session-writer", bp=bp)
 @login_required
-@closes_on_error
-def write_session(ws) -> None:
-    ws.send(f"visits before: {session.get('visits', 0)}")
+@websocket_handler
+def write_session(connection) -> None:
+    connection.send(f"visits before: {session.get('visits', 0)}")
     session["visits"] = session.get("visits", 0) + 1
-    ws.send("changed the session")
+    connection.send("changed the session")
     while True:
-        ws.send(ws.receive())
+        connection.send(connection.receive())
 
 
 def create_session_writer_app():

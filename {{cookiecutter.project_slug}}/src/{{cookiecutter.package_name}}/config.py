@@ -12,6 +12,10 @@ from dotenv import dotenv_values
 
 ENVIRONMENTS = ("production", "development", "testing")
 
+# Chosen when the project was generated; gunicorn.conf.py uses the same.
+WORKER_CLASS = "{{ cookiecutter.worker_class }}"
+BROADCAST = "{{ cookiecutter.broadcast }}"
+
 # A key shorter than this is a typo or a placeholder, not a secret.
 MIN_SECRET_KEY_LENGTH = 32
 PLACEHOLDER_SECRET_KEYS = {"change-me", "changeme", "secret", "dev"}
@@ -52,8 +56,18 @@ class Settings:
     gunicorn_worker_connections: int
 
     @property
-    def debug_or_testing(self) -> bool:
-        return self.app_env != "production"
+    def worker_concurrency(self) -> int:
+        """Requests one gunicorn worker serves at once, sockets included."""
+        if WORKER_CLASS == "gevent":
+            return self.gunicorn_worker_connections
+        return self.gunicorn_threads
+
+    @property
+    def websockets_per_worker(self) -> int:
+        """Sockets one worker admits: its concurrency less a reserve that keeps
+        HTTP (health checks, logins) answering when sockets fill the rest."""
+        reserve = max(2, self.worker_concurrency // 10)
+        return max(1, self.worker_concurrency - reserve)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -106,6 +120,7 @@ class Settings:
             "ALLOWED_ORIGINS": self.allowed_origins,
             "TOKEN_MAX_AGE": self.token_max_age,
             "TRUSTED_PROXY_COUNT": self.trusted_proxy_count,
+            "WEBSOCKETS_PER_WORKER": self.websockets_per_worker,
             # https://flask.palletsprojects.com/en/stable/web-security/#set-cookie-options
             "SESSION_COOKIE_HTTPONLY": True,
             "SESSION_COOKIE_SAMESITE": "Lax",

@@ -3,15 +3,19 @@
 Flask-Sock sends the 101 before it calls the view, so a check inside the view
 (`login_required` included) can no longer answer in HTTP: the client would see
 a socket that opens and then closes. This `before_request` runs first and
-answers 403 or 401 while the connection still speaks HTTP.
+answers 403, 401 or 503 while the connection still speaks HTTP.
 """
 
-from flask import current_app, jsonify, request
+from flask import current_app, g, jsonify, request
 from flask_login import current_user
 
 from ..extensions import db
 from . import bp
+from .connections import open_connections
 from .session import make_session_read_only
+
+# Seconds a client refused for lack of room waits before it tries again.
+RETRY_AFTER_SECONDS = 5
 
 
 @bp.before_request
@@ -24,11 +28,27 @@ def require_login_before_handshake():
             401,
             {"WWW-Authenticate": 'Bearer realm="websocket"'},
         )
+    if not open_connections().reserve():
+        # Refuse at once: a socket admitted beyond the worker's capacity would
+        # wait for a free thread, and the health checks behind it too.
+        return (
+            jsonify(error="no room for another WebSocket; retry later"),
+            503,
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+    g.websocket_slot = True
     # The user is loaded; give the database connection back to the pool now
     # rather than holding it for as long as the socket stays open.
     db.session.close()
     make_session_read_only()
     return None
+
+
+@bp.teardown_request
+def release_websocket_slot(_error: BaseException | None) -> None:
+    """The socket's request is over (closed, or refused after the guard)."""
+    if g.pop("websocket_slot", False):
+        open_connections().release()
 
 
 def origin_is_allowed() -> bool:

@@ -8,32 +8,31 @@ from flask_login import current_user, login_required
 
 from ..extensions import sock
 from . import bp
-from .connection import SocketWriter, closes_on_error
+from .connections import Connection, websocket_handler
 from .hub import HubUnavailable, current_hub
 
 
 @sock.route("/ws/echo", bp=bp)
 @login_required
-@closes_on_error
-def echo(ws) -> None:
+@websocket_handler
+def echo(connection: Connection) -> None:
     """Send every message back unchanged: text as text, binary as binary."""
     while True:
-        ws.send(ws.receive())
+        connection.send(connection.receive())
 
 
 @sock.route("/ws/chat", bp=bp)
 @login_required
-@closes_on_error
-def chat(ws) -> None:
+@websocket_handler
+def chat(connection: Connection) -> None:
     """Relay `{"text": ...}` from this client to every chat client."""
-    writer = SocketWriter(ws)
     hub = current_hub()
-    unsubscribe = hub.subscribe(writer.deliver)
+    unsubscribe = hub.subscribe(connection.deliver)
     user = current_user.email
     try:
         while True:
             try:
-                text = parse_chat_message(ws.receive())
+                text = parse_chat_message(connection.receive())
                 hub.publish(
                     {
                         "type": "message",
@@ -43,7 +42,7 @@ def chat(ws) -> None:
                     }
                 )
             except (InvalidChatMessage, HubUnavailable) as error:
-                writer.send(json.dumps({"type": "error", "error": str(error)}))
+                connection.send(json.dumps({"type": "error", "error": str(error)}))
     finally:
         unsubscribe()
 
