@@ -66,6 +66,14 @@ control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 
+# Peers whose X-Forwarded-Proto sets the request's scheme: none unless the app
+# is behind a proxy (TRUSTED_PROXY_COUNT), then FORWARDED_ALLOW_IPS. The app's
+# ProxyFix (proxy.py) believes X-Forwarded-For and -Host from the same peers.
+# https://docs.gunicorn.org/en/stable/settings.html#forwarded-allow-ips
+forwarded_allow_ips = (
+    ",".join(settings.forwarded_allow_ips) if settings.trusted_proxy_count else ""
+)
+
 
 # https://docs.gunicorn.org/en/stable/settings.html#post-worker-init
 def post_worker_init(worker):

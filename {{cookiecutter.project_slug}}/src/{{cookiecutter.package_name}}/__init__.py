@@ -9,6 +9,7 @@ from flask import Flask
 
 from .config import Settings
 from .extensions import csrf, db, login_manager, migrate, sock
+from .proxy import trust_forwarded_headers
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -28,6 +29,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     register_extensions(app)
     register_blueprints(app)
     register_commands(app)
+    trust_forwarded_headers(app)
     return app
 
 

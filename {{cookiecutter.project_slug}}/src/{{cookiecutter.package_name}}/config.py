@@ -3,6 +3,7 @@
 Every variable is listed in `.env.example` and in the README's settings table.
 """
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class Settings:
     ws_max_message_size: int
     token_max_age: int
     trusted_proxy_count: int
+    forwarded_allow_ips: tuple[str, ...]
     port: int
     web_concurrency: int
     gunicorn_threads: int
@@ -92,6 +94,8 @@ class Settings:
             ws_max_message_size=env.integer("WS_MAX_MESSAGE_SIZE", 65536, minimum=1),
             token_max_age=env.integer("TOKEN_MAX_AGE", 3600, minimum=1),
             trusted_proxy_count=env.integer("TRUSTED_PROXY_COUNT", 0, minimum=0),
+            # gunicorn's own default, and the same variable gunicorn reads.
+            forwarded_allow_ips=env.addresses("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
             port=env.integer("PORT", 8000, minimum=1),
             # One worker by default: the in-process chat hub reaches only the
             # sockets of its own worker.
@@ -120,6 +124,7 @@ class Settings:
             "ALLOWED_ORIGINS": self.allowed_origins,
             "TOKEN_MAX_AGE": self.token_max_age,
             "TRUSTED_PROXY_COUNT": self.trusted_proxy_count,
+            "FORWARDED_ALLOW_IPS": self.forwarded_allow_ips,
             "WEBSOCKETS_PER_WORKER": self.websockets_per_worker,
             # https://flask.palletsprojects.com/en/stable/web-security/#set-cookie-options
             "SESSION_COOKIE_HTTPONLY": True,
@@ -168,6 +173,21 @@ class _Reader:
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
         return value
+
+    def addresses(self, name: str, default: str) -> tuple[str, ...]:
+        """IP addresses or networks (CIDR), comma-separated; `*` means any."""
+        raw = self.str(name, default)
+        addresses = tuple(item.strip() for item in raw.split(",") if item.strip())
+        for address in addresses:
+            if address == "*":
+                continue
+            try:
+                ipaddress.ip_network(address)
+            except ValueError:
+                raise ConfigError(
+                    f"{name} must list IP addresses or networks, got {address!r}"
+                ) from None
+        return addresses
 
 
 def _secret_key(value: str, app_env: str) -> str:

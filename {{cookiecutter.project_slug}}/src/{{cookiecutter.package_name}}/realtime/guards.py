@@ -41,6 +41,12 @@ def require_login_before_handshake():
     # rather than holding it for as long as the socket stays open.
     db.session.close()
     make_session_read_only()
+    current_app.logger.info(
+        "WebSocket %s opened by %s from %s",
+        request.path,
+        current_user.email,
+        request.remote_addr,
+    )
     return None
 
 
