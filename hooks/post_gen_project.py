@@ -23,6 +23,9 @@ UNWANTED_PATHS = {
         "compose.yaml",
         ".hadolint.yaml",
         "deploy",
+        # They run the files above through a real nginx.
+        "tests/nginx.py",
+        "tests/test_nginx.py",
     ],
     ("ci", "none"): [".github"],
 }

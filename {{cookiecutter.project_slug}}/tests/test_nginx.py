@@ -1,0 +1,239 @@
+"""The production edge: the generated nginx config, run by the machine's nginx
+in front of the test gunicorn, the way compose.yaml runs it in a container."""
+
+import re
+import time
+from contextlib import contextmanager
+
+import pytest
+import requests
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.sync.client import connect
+
+from .conftest import PROJECT_ROOT, bearer_token, log_in, open_socket, require
+from .nginx import STATIC, Nginx, find_nginx
+
+# The address a client of these tests connects from: loopback, but not the
+# 127.0.0.1 that nginx uses towards the app, so the two cannot be confused.
+CLIENT_ADDRESS = "127.0.0.2"
+# Short enough to wait out in a test; the app pings every second.
+SHORT_READ_TIMEOUT = 3
+
+
+@pytest.fixture(scope="module")
+def start_nginx(tmp_path_factory):
+    """Start nginx in front of gunicorn servers; stopped at the end."""
+    require(
+        find_nginx() is not None,
+        "nginx is not installed (Debian: apt-get install nginx)",
+    )
+    started = []
+
+    def start(*servers, **variables: str) -> Nginx:
+        upstreams = [f"127.0.0.1:{server.port}" for server in servers]
+        nginx = Nginx(tmp_path_factory.mktemp("nginx"), upstreams, **variables)
+        started.append(nginx)
+        return nginx.start()
+
+    yield start
+    for nginx in started:
+        nginx.stop()
+
+
+@pytest.fixture(scope="module")
+def app_behind_proxy(start_server):
+    """gunicorn as compose.yaml runs it: one trusted proxy in front, pinging
+    every second."""
+    return start_server(TRUSTED_PROXY_COUNT="1", WS_PING_INTERVAL="1")
+
+
+@pytest.fixture(scope="module")
+def proxy(start_nginx, app_behind_proxy):
+    """nginx with the template variables compose.yaml sets."""
+    return start_nginx(app_behind_proxy)
+
+
+@contextmanager
+def socket_from(address, url, *, token=None, headers=None, **options):
+    """A WebSocket whose TCP connection leaves from `address`, with no
+    client-side pings (only the server's keep the socket busy)."""
+    headers = dict(headers or {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    with connect(
+        url,
+        additional_headers=headers,
+        source_address=(address, 0),
+        ping_interval=None,
+        proxy=None,
+        open_timeout=10,
+        close_timeout=5,
+        **options,
+    ) as ws:
+        yield ws
+
+
+def address_seen_by_app(server, email: str) -> str:
+    """The client address in the app's log line for `email`'s latest socket."""
+    seen = re.findall(
+        rf"WebSocket /ws/echo opened by {re.escape(email)} from (\S+)", server.log()
+    )
+    assert seen, f"no socket opened by {email} in the app's log:\n{server.log()}"
+    return seen[-1]
+
+
+def echoes(ws, message="ping through nginx") -> bool:
+    ws.send(message)
+    return ws.recv(timeout=5) == message
+
+
+def test_rendered_config_passes_nginx_t(proxy):
+    checked = proxy.test_config()
+    assert checked.returncode == 0, checked.stderr
+    assert "test is successful" in checked.stderr
+
+
+def test_echo_through_nginx(proxy, alice):
+    with open_socket(proxy, "/ws/echo", token=bearer_token(proxy, alice)) as ws:
+        ws.send("héllo through nginx")
+        assert ws.recv(timeout=5) == "héllo through nginx"
+        ws.send(bytes(range(256)))
+        assert ws.recv(timeout=5) == bytes(range(256))
+
+
+def test_unauthenticated_handshake_through_nginx_gets_401(proxy):
+    with pytest.raises(InvalidStatus) as refusal:
+        open_socket(proxy, "/ws/echo")
+    response = refusal.value.response
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="websocket"'
+    assert response.headers["Server"] == "nginx"
+
+
+def test_foreign_origin_through_nginx_gets_403(proxy, alice):
+    with pytest.raises(InvalidStatus) as refusal:
+        open_socket(
+            proxy,
+            "/ws/echo",
+            token=bearer_token(proxy, alice),
+            origin="https://evil.test",
+        )
+    assert refusal.value.response.status_code == 403
+
+
+def test_page_origin_is_allowed_through_nginx(proxy, alice):
+    """The browser's Origin is nginx's host:port, not the app's: the app learns
+    it from X-Forwarded-Host and lets the socket in."""
+    browser = log_in(proxy, alice)
+    with open_socket(proxy, "/ws/echo", browser=browser, origin=proxy.url) as ws:
+        assert echoes(ws)
+
+
+def test_app_sees_the_client_address_nginx_saw(proxy, app_behind_proxy, make_user):
+    email = make_user()
+    with socket_from(
+        CLIENT_ADDRESS, f"{proxy.ws_url}/ws/echo", token=bearer_token(proxy, email)
+    ) as ws:
+        assert echoes(ws)
+    assert address_seen_by_app(app_behind_proxy, email) == CLIENT_ADDRESS
+
+    # nginx logs the socket when it closes; its $remote_addr is the same.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        logged = [
+            line.split()[0]
+            for line in proxy.access_log.read_text().splitlines()
+            if '"GET /ws/echo HTTP/1.1" 101' in line
+        ]
+        if CLIENT_ADDRESS in logged:
+            break
+        time.sleep(0.1)
+    assert CLIENT_ADDRESS in logged
+
+
+def test_client_reaching_the_app_directly_cannot_forge_its_address(
+    app_behind_proxy, make_user
+):
+    """X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS (loopback's
+    127.0.0.1 by default), so a client from elsewhere keeps its own address."""
+    email = make_user()
+    with socket_from(
+        CLIENT_ADDRESS,
+        f"{app_behind_proxy.ws_url}/ws/echo",
+        token=bearer_token(app_behind_proxy, email),
+        headers={"X-Forwarded-For": "203.0.113.7"},
+    ) as ws:
+        assert echoes(ws)
+    assert address_seen_by_app(app_behind_proxy, email) == CLIENT_ADDRESS
+
+
+def test_idle_socket_outlives_the_read_timeout_thanks_to_pings(
+    start_nginx, app_behind_proxy, alice
+):
+    proxy = start_nginx(
+        app_behind_proxy, NGINX_WS_READ_TIMEOUT=f"{SHORT_READ_TIMEOUT}s"
+    )
+    with socket_from(
+        CLIENT_ADDRESS, f"{proxy.ws_url}/ws/echo", token=bearer_token(proxy, alice)
+    ) as ws:
+        time.sleep(2 * SHORT_READ_TIMEOUT)
+        assert echoes(ws, "still here")
+
+
+def test_without_pings_nginx_closes_the_idle_socket(start_nginx, start_server, alice):
+    """The test above would pass for the wrong reason if nginx never timed out."""
+    silent_app = start_server(TRUSTED_PROXY_COUNT="1", WS_PING_INTERVAL="0")
+    proxy = start_nginx(silent_app, NGINX_WS_READ_TIMEOUT=f"{SHORT_READ_TIMEOUT}s")
+    with socket_from(
+        CLIENT_ADDRESS, f"{proxy.ws_url}/ws/echo", token=bearer_token(proxy, alice)
+    ) as ws:
+        opened = time.monotonic()
+        with pytest.raises(ConnectionClosedError) as closed:
+            ws.recv(timeout=4 * SHORT_READ_TIMEOUT)
+        waited = time.monotonic() - opened
+    # nginx drops the TCP connection without a close frame: code 1006.
+    assert closed.value.rcvd is None
+    assert SHORT_READ_TIMEOUT - 0.5 <= waited < 3 * SHORT_READ_TIMEOUT
+
+
+def test_permessage_deflate_passes_through_by_default(proxy, alice):
+    with socket_from(
+        CLIENT_ADDRESS, f"{proxy.ws_url}/ws/echo", token=bearer_token(proxy, alice)
+    ) as ws:
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        accepted = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert accepted.startswith("permessage-deflate")
+        assert echoes(ws)
+
+
+def test_compression_switch_off_withholds_permessage_deflate(
+    start_nginx, app_behind_proxy, alice
+):
+    proxy = start_nginx(app_behind_proxy, NGINX_WS_COMPRESSION="off")
+    with socket_from(
+        CLIENT_ADDRESS, f"{proxy.ws_url}/ws/echo", token=bearer_token(proxy, alice)
+    ) as ws:
+        # The client offered it; the app, never told, did not accept it.
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert echoes(ws)
+
+
+def test_http_passes_through_and_hides_the_nginx_version(proxy):
+    response = requests.get(f"{proxy.url}/healthz", timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert response.headers["Server"] == "nginx"
+
+
+def test_static_files_are_served_by_nginx(proxy, app_behind_proxy):
+    response = requests.get(f"{proxy.url}/static/style.css", timeout=5)
+    assert response.status_code == 200
+    assert response.content == (STATIC / "style.css").read_bytes()
+    assert "/static/style.css" not in app_behind_proxy.log()
+
+
+def test_static_folder_matches_the_one_compose_mounts():
+    compose = (PROJECT_ROOT / "compose.yaml").read_text()
+    mount = f"./{STATIC.relative_to(PROJECT_ROOT).as_posix()}:/srv/static:ro"
+    assert mount in compose
