@@ -287,3 +287,9 @@ def test_gixy_reports_nothing_on_the_rendered_nginx_config(baked, answers, tmp_p
     assert checked.stdout.strip(), f"gixy printed no report:\n{checked.stderr}"
     report = json.loads(checked.stdout)
     assert report == [], json.dumps(report, indent=2)
+
+
+def test_without_docker_the_nginx_tests_go_with_the_nginx_config(baked):
+    tests = baked(use_docker="n").project_path / "tests"
+    left = [name for name in ("nginx.py", "test_nginx.py") if (tests / name).exists()]
+    assert not left, f"use_docker=n left tests/{', tests/'.join(left)}"
