@@ -28,6 +28,10 @@ UNWANTED_PATHS = {
         "tests/test_nginx.py",
     ],
     ("ci", "none"): [".github"],
+    ("broadcast", "memory"): [
+        f"src/{ANSWERS['package_name']}/realtime/redis_hub.py",
+        "tests/test_redis.py",
+    ],
 }
 
 

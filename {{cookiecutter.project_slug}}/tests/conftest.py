@@ -5,9 +5,11 @@ Tests that need something a machine may lack skip with the reason; with
 REQUIRE_ALL=1 (set by CI) they fail instead.
 """
 
+import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +34,13 @@ def require(available: bool, reason: str) -> None:
     if os.environ.get("REQUIRE_ALL") == "1":
         pytest.fail(f"{reason} (REQUIRE_ALL=1 turns this skip into a failure)")
     pytest.skip(reason)
+
+
+def require_command(name: str, purpose: str) -> str:
+    """The path of a program the test needs, or a skip (a failure under REQUIRE_ALL)."""
+    path = shutil.which(name)
+    require(path is not None, f"{name} is not installed; it is needed {purpose}")
+    return path
 
 
 def free_port() -> int:
@@ -92,6 +101,61 @@ def database_url(tmp_path_factory):
 {%- endif %}
 
 
+{%- if cookiecutter.broadcast == "redis" %}
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, which it may stop."""
+
+    def __init__(self, binary: str, port: int | None = None) -> None:
+        self.binary = binary
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self) -> "RedisServer":
+        command = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
+        command += ["--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.port):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def start_redis():
+    binary = require_command("redis-server", "to test broadcast through Redis")
+    started = []
+
+    def start(port: int | None = None) -> RedisServer:
+        server = RedisServer(binary, port).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url, start_redis) -> dict:
+    """The settings of the default test server."""
+    return {
+        "APP_ENV": "testing",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": start_redis().url,
+    }
+{%- else %}
+
+
 @pytest.fixture(scope="session")
 def settings(database_url) -> dict:
     """The settings of the default test server."""
@@ -100,6 +164,7 @@ def settings(database_url) -> dict:
         "SECRET_KEY": secrets.token_urlsafe(48),
         "DATABASE_URL": database_url,
     }
+{%- endif %}
 
 
 def run_flask(settings: dict, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -152,7 +217,7 @@ class Server:
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening, or still booting
                 pass
             time.sleep(0.1)
         self.stop()
@@ -280,3 +345,28 @@ def open_socket(server: Server, path: str, *, token=None, browser=None, origin=N
         close_timeout=5,
         max_size=None,
     )
+
+
+def join_chat(*sockets) -> None:
+    """Wait until each chat socket is subscribed, then drop what they heard.
+
+    The 101 reaches the client a moment before the handler subscribes to the
+    hub, so a message sent at once could miss a client that just connected. A
+    client hears its own message only once subscribed.
+    """
+    for number, ws in enumerate(sockets):
+        marker = json.dumps({"text": f"client {number} joined"})
+        ws.send(marker)
+        while True:
+            message = json.loads(ws.recv(timeout=5))
+            if message.get("text") == f"client {number} joined":
+                break
+            if message.get("type") == "error":  # the hub is not ready yet
+                time.sleep(0.1)
+                ws.send(marker)
+    for ws in sockets:
+        while True:
+            try:
+                ws.recv(timeout=0.3)
+            except TimeoutError:
+                break

@@ -9,9 +9,13 @@ from websockets.exceptions import InvalidStatus
 
 from .conftest import bearer_token, open_socket
 
-# 4 threads (gthread) or 4 connections (gevent): 2 are kept for HTTP, so the
-# worker admits 2 sockets.
-SMALL_WORKER = {"GUNICORN_THREADS": "4", "GUNICORN_WORKER_CONNECTIONS": "4"}
+# One worker of 4 threads (gthread) or 4 connections (gevent): 2 are kept for
+# HTTP, so it admits 2 sockets.
+SMALL_WORKER = {
+    "WEB_CONCURRENCY": "1",
+    "GUNICORN_THREADS": "4",
+    "GUNICORN_WORKER_CONNECTIONS": "4",
+}
 ADMITTED = 2
 
 

@@ -5,28 +5,9 @@ import time
 
 import pytest
 
-from .conftest import bearer_token, log_in, open_socket
+from .conftest import bearer_token, join_chat, log_in, open_socket
 
 EXPECTED = 'expected a JSON object like {"text": "hello"}'
-
-
-def join(ws, name: str) -> None:
-    """Wait until the hub has subscribed this socket.
-
-    The 101 reaches the client a moment before the handler subscribes; a
-    client hears its own message only once subscribed.
-    """
-    ws.send(json.dumps({"text": f"{name} joined"}))
-    while json.loads(ws.recv(timeout=5))["text"] != f"{name} joined":
-        pass
-
-
-def drain(ws) -> None:
-    while True:
-        try:
-            ws.recv(timeout=0.2)
-        except TimeoutError:
-            return
 
 
 def test_message_reaches_every_chat_client(server, alice, bob):
@@ -35,9 +16,7 @@ def test_message_reaches_every_chat_client(server, alice, bob):
         open_socket(server, "/ws/chat", token=bearer_token(server, alice)) as alice_ws,
         open_socket(server, "/ws/chat", browser=browser) as bob_ws,
     ):
-        join(alice_ws, "alice")
-        join(bob_ws, "bob")
-        drain(alice_ws)
+        join_chat(alice_ws, bob_ws)
         before = time.time()
         alice_ws.send(json.dumps({"text": "  hi bob  "}))
         for ws in (bob_ws, alice_ws):

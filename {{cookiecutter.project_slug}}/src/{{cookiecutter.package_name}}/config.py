@@ -13,9 +13,15 @@ from dotenv import dotenv_values
 
 ENVIRONMENTS = ("production", "development", "testing")
 
-# Chosen when the project was generated; gunicorn.conf.py uses the same.
+# Chosen when the project was generated, like gunicorn.conf.py's worker_class.
 WORKER_CLASS = "{{ cookiecutter.worker_class }}"
-BROADCAST = "{{ cookiecutter.broadcast }}"
+{%- if cookiecutter.broadcast == "redis" %}
+# Redis carries chat between workers, so one per core of a small machine.
+DEFAULT_WORKERS = 2
+{%- else %}
+# One: the in-process chat hub reaches only the sockets of its own worker.
+DEFAULT_WORKERS = 1
+{%- endif %}
 
 # A key shorter than this is a typo or a placeholder, not a secret.
 MIN_SECRET_KEY_LENGTH = 32
@@ -97,9 +103,7 @@ class Settings:
             # gunicorn's own default, and the same variable gunicorn reads.
             forwarded_allow_ips=env.addresses("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
             port=env.integer("PORT", 8000, minimum=1),
-            # One worker by default: the in-process chat hub reaches only the
-            # sockets of its own worker.
-            web_concurrency=env.integer("WEB_CONCURRENCY", 1, minimum=1),
+            web_concurrency=env.integer("WEB_CONCURRENCY", DEFAULT_WORKERS, minimum=1),
             gunicorn_threads=env.integer("GUNICORN_THREADS", 100, minimum=1),
             gunicorn_worker_connections=env.integer(
                 "GUNICORN_WORKER_CONNECTIONS", 1000, minimum=1

@@ -2,7 +2,8 @@
 
 A handler subscribes a `deliver` function for its socket and publishes what
 its client says; the hub calls every subscriber's `deliver` with the message
-serialized once. `MemoryHub` reaches the sockets of this process only.
+serialized once. `MemoryHub` reaches the sockets of this process only; `RedisHub`
+(broadcast = redis) reaches every worker of every instance.
 """
 
 import json
@@ -48,7 +49,10 @@ class MemoryHub:
         return unsubscribe
 
     def publish(self, message: Mapping) -> None:
-        payload = json.dumps(message)
+        self.publish_payload(json.dumps(message))
+
+    def publish_payload(self, payload: str) -> None:
+        """Deliver an already serialized message."""
         with self._lock:
             subscribers = list(self._subscribers)
         for deliver in subscribers:
@@ -59,7 +63,13 @@ class MemoryHub:
 
 
 def create_hub(app: Flask) -> Hub:
+{%- if cookiecutter.broadcast == "redis" %}
+    from .redis_hub import RedisHub
+
+    return RedisHub(app.config["REDIS_URL"], app.logger)
+{%- else %}
     return MemoryHub()
+{%- endif %}
 
 
 def current_hub() -> Hub:
