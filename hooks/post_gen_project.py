@@ -61,6 +61,9 @@ def dotenv_lines(answers):
         lines.append(
             f"DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
         )
+        if answers.get("use_docker") == "y":
+            # The password of the compose stack's own PostgreSQL (compose.yaml).
+            lines.append(f"POSTGRES_PASSWORD={secrets.token_urlsafe(24)}")
     if answers.get("broadcast") == "redis":
         lines.append("REDIS_URL=redis://127.0.0.1:6379/0")
     return lines
