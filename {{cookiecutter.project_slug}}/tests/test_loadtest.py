@@ -1,0 +1,65 @@
+"""scripts/loadtest.py, the load tool the README's numbers come from, run
+small against the test server."""
+
+import json
+import subprocess
+import sys
+
+from .conftest import PASSWORD, PROJECT_ROOT
+
+LOADTEST = PROJECT_ROOT / "scripts" / "loadtest.py"
+
+
+def run_loadtest(server, email: str, *options: str, tmp_path) -> tuple[int, dict]:
+    """Run the tool as a user would; returns its exit status and JSON report."""
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, str(LOADTEST), f"{server.ws_url}/ws/echo", "--quiet"]
+        + ["--user", email, "--password", PASSWORD, "--timeout", "5"]
+        + ["--server-pid", str(server.process.pid), "--json", str(report_path)]
+        + list(options),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report_path.exists(), result.stderr
+    return result.returncode, json.loads(report_path.read_text())
+
+
+def test_loadtest_opens_checks_and_holds_every_socket(server, alice, tmp_path):
+    status, report = run_loadtest(
+        server, alice, "-n", "20", "--hold", "1", tmp_path=tmp_path
+    )
+    assert status == 0, report
+    assert (report["opened"], report["held"], report["failed"]) == (20, 20, 0)
+    assert report["handshake_ms"]["count"] == 20
+    assert report["echo_ms"]["p50"] <= report["echo_ms"]["p99"]
+    assert report["memory"]["processes"] >= 2  # the master and its workers
+    assert report["memory"]["held_bytes"] > 0
+
+
+def test_loadtest_echo_traffic_counts_round_trips(server, alice, tmp_path):
+    status, report = run_loadtest(
+        server,
+        alice,
+        *("-n", "3", "--hold", "1", "--traffic", "echo", "--compression", "on"),
+        tmp_path=tmp_path,
+    )
+    assert status == 0, report
+    assert report["compression"] is True
+    assert report["round_trips_per_second"] > 0
+    assert report["traffic_ms"]["count"] > 3
+
+
+def test_loadtest_counts_refusals_by_http_status(start_server, alice, tmp_path):
+    # One worker of 4 (threads or connections) keeps 2 for HTTP: 2 sockets fit.
+    small = start_server(
+        WEB_CONCURRENCY="1", GUNICORN_THREADS="4", GUNICORN_WORKER_CONNECTIONS="4"
+    )
+    status, report = run_loadtest(
+        small, alice, "-n", "5", "--hold", "0", "--concurrency", "1", tmp_path=tmp_path
+    )
+    assert status == 1
+    assert report["held"] == 2
+    assert report["failures"] == {"HTTP 503": 3}
+    assert report["open_at_first_failure"] == 2
