@@ -1,4 +1,5 @@
-"""Finish the generated project: write its private .env, drop unchosen parts.
+"""Finish the generated project: write its private .env, record the answers,
+drop unchosen parts.
 
 Cookiecutter renders this file with Jinja and runs it inside the new project.
 The answers arrive as one JSON document (``| tojson``), so they are data, never
@@ -69,6 +70,18 @@ def dotenv_lines(answers):
     return lines
 
 
+def answers_record(answers):
+    """The answers alone, as a cookiecutter replay file.
+
+    `cookiecutter --replay-file .cookiecutter.json <template>` regenerates the
+    project with them (asking only questions added since). Keys starting with
+    `_` are not answers but facts of this one run (the template's path, the
+    output folder, cruft's commit), which differ from machine to machine.
+    """
+    kept = {key: value for key, value in answers.items() if not key.startswith("_")}
+    return json.dumps({"cookiecutter": kept}, indent=2, ensure_ascii=False) + "\n"
+
+
 def write_private_file(path, text):
     # Create it with 0600 from the start, so the key is never readable by others.
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -81,6 +94,9 @@ def main():
     project = Path.cwd()
     remove_unwanted_paths(project, ANSWERS)
     write_private_file(project / ".env", "\n".join(dotenv_lines(ANSWERS)) + "\n")
+    (project / ".cookiecutter.json").write_text(
+        answers_record(ANSWERS), encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":
