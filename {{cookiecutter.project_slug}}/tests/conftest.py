@@ -43,6 +43,19 @@ def require_command(name: str, purpose: str) -> str:
     return path
 
 
+# Whether the test's body failed, for fixtures that keep evidence of a failure
+# (the browser tests' screenshots).
+CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+    return report
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -188,10 +201,17 @@ def migrated(settings) -> dict:
 
 
 class Server:
-    """gunicorn, started from gunicorn.conf.py in a subprocess on a free port."""
+    """gunicorn, started from gunicorn.conf.py in a subprocess on a free port
+    (or on `port`, to stand in for a server that was stopped)."""
 
-    def __init__(self, settings: dict, log_path: Path, app: str | None = None):
-        self.port = free_port()
+    def __init__(
+        self,
+        settings: dict,
+        log_path: Path,
+        app: str | None = None,
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -243,9 +263,11 @@ def start_server(migrated, tmp_path_factory):
     """Start another gunicorn with settings of the test's own; stopped at the end."""
     started = []
 
-    def start(app: str | None = None, **overrides: str) -> Server:
+    def start(
+        app: str | None = None, port: int | None = None, **overrides: str
+    ) -> Server:
         log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-        server = Server({**migrated, **overrides}, log_path, app=app)
+        server = Server({**migrated, **overrides}, log_path, app=app, port=port)
         started.append(server)
         return server
 
