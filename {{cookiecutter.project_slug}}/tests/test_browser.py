@@ -1,0 +1,386 @@
+"""The demo page in a real browser: headless Chromium, driven by Playwright.
+{%- if cookiecutter.use_docker == "y" %}
+
+The browser talks to nginx, run from the generated deploy/nginx config (see
+nginx.py), in front of gunicorn: the stack compose.yaml runs.
+{%- else %}
+
+The browser talks to gunicorn directly: this project has no nginx config.
+{%- endif %}
+
+Playwright launches the machine's Chromium (Debian: apt-get install chromium);
+`playwright install` is not needed. Without a browser, deselect these tests:
+pytest -m "not browser". When one fails, screenshots of its pages are saved
+in test-artifacts/.
+"""
+
+import itertools
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from .conftest import CALL_FAILED, PASSWORD, PROJECT_ROOT, Server, require
+{%- if cookiecutter.use_docker == "y" %}
+from .nginx import Nginx, find_nginx
+{%- endif %}
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # in the dev extra; the `chromium` fixture says so
+    sync_playwright = None
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+# No sandbox (it needs user namespaces, which containers and CI jobs often
+# lack), no GPU, and nothing that calls home: updates, sync, first-run pages.
+# https://peter.sh/experiments/chromium-command-line-switches/
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+# Milliseconds Playwright waits for a page to show what a test expects.
+EXPECT_TIMEOUT = 10_000
+# Seconds a restarted app and the page's backoff (0.5 s, 1 s, 2 s ... each
+# drawn from its upper half) may take together before the page is back.
+RECONNECT_TIMEOUT = 45
+{%- if cookiecutter.use_docker == "y" %}
+# gunicorn as compose.yaml runs it: behind one trusted proxy.
+APP_SETTINGS = {"TRUSTED_PROXY_COUNT": "1"}
+{%- else %}
+APP_SETTINGS: dict[str, str] = {}
+{%- endif %}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator["Browser"]:
+    require(
+        sync_playwright is not None,
+        "playwright is not installed; it is in the dev extra: pip install -e '.[dev]'",
+    )
+    executable = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    require(
+        executable is not None,
+        "Chromium is not installed (Debian: apt-get install chromium)",
+    )
+    expect.set_options(timeout=EXPECT_TIMEOUT)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@dataclass
+class Stack:
+    """The service as a browser reaches it."""
+
+    app: Server
+    start_server: Callable[..., Server]
+{%- if cookiecutter.use_docker == "y" %}
+    proxy: Nginx
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+{%- else %}
+
+    @property
+    def url(self) -> str:
+        return self.app.url
+{%- endif %}
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1)
+
+    def stop_app(self) -> None:
+        self.app.stop()
+
+    def start_app_again(self) -> None:
+        """A new gunicorn on the stopped one's port, so what pointed at the old
+        one (nginx's upstream) reaches the new one."""
+        self.app = self.start_server(port=self.app.port, **APP_SETTINGS)
+{%- if cookiecutter.use_docker == "y" %}
+
+
+@pytest.fixture(scope="module")
+def start_stack(start_server, tmp_path_factory) -> Iterator[Callable[[], Stack]]:
+    """Start gunicorn with nginx in front of it; nginx is stopped at the end."""
+    require(
+        find_nginx() is not None,
+        "nginx is not installed (Debian: apt-get install nginx)",
+    )
+    proxies = []
+
+    def start() -> Stack:
+        app = start_server(**APP_SETTINGS)
+        upstream = f"127.0.0.1:{app.port}"
+        proxy = Nginx(tmp_path_factory.mktemp("nginx"), [upstream]).start()
+        proxies.append(proxy)
+        return Stack(app, start_server, proxy)
+
+    yield start
+    for proxy in proxies:
+        proxy.stop()
+{%- else %}
+
+
+@pytest.fixture(scope="module")
+def start_stack(start_server) -> Callable[[], Stack]:
+    """Start gunicorn on its own."""
+
+    def start() -> Stack:
+        return Stack(start_server(**APP_SETTINGS), start_server)
+
+    return start
+{%- endif %}
+
+
+@pytest.fixture(scope="module")
+def stack(start_stack) -> Stack:
+    """The stack shared by the tests that leave it running."""
+    return start_stack()
+
+
+@pytest.fixture
+def open_page(chromium, request) -> Iterator[Callable[[], "Page"]]:
+    """Open a page in a browser context of its own: its own cookies, so each
+    page can be another user. If the test fails, every page's screenshot is
+    saved in test-artifacts/."""
+    contexts = []
+
+    def open_() -> "Page":
+        context = chromium.new_context()
+        context.set_default_timeout(EXPECT_TIMEOUT)
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_
+    if request.node.stash.get(CALL_FAILED, False):
+        save_screenshots(request.node.name, contexts)
+    for context in contexts:
+        context.close()
+
+
+def save_screenshots(test_name: str, contexts) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    stem = re.sub(r"[^\w.-]+", "_", test_name)
+    pages = [page for context in contexts for page in context.pages]
+    for number, page in enumerate(pages, start=1):
+        path = ARTIFACTS / f"{stem}-{number}.png"
+        try:
+            page.screenshot(path=path, full_page=True)
+        except Exception as error:  # a crashed page must not hide the failure
+            print(f"no screenshot of page {number} ({page.url}): {error}")
+        else:
+            print(f"screenshot of {page.url}: {path}")
+
+
+def register(page: "Page", base_url: str, email: str) -> None:
+    page.goto(f"{base_url}/auth/register")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Repeat the password").fill(PASSWORD)
+    page.get_by_role("button", name="Create the account").click()
+    expect(page).to_have_url(f"{base_url}/")
+
+
+def log_in(page: "Page", base_url: str, email: str) -> None:
+    page.goto(f"{base_url}/auth/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{base_url}/")
+
+
+def log_out(page: "Page", base_url: str) -> None:
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(f"{base_url}/auth/login")
+
+
+def expect_status(page: "Page", status: str, timeout: float | None = None) -> None:
+    expect(page.locator("#status")).to_have_text(status, timeout=timeout)
+
+
+def say(page: "Page", text: str) -> None:
+    chat_input = page.locator("#chat-input")
+    chat_input.fill(text)
+    chat_input.press("Enter")
+
+
+def chat_line(page: "Page", email: str, text: str):
+    """The line in the page's chat log for `text` from `email`."""
+    return page.locator("#chat-log li.received", has_text=f"{email}: {text}")
+
+
+def join_chat(page: "Page", email: str) -> None:
+    """Say something until the page hears it back.
+
+    The page shows `connected` when the 101 arrives, a moment before the server
+    subscribes the socket to the chat; a page hears its own line only once
+    subscribed, and from then on it hears everyone's.
+    """
+    deadline = time.monotonic() + RECONNECT_TIMEOUT
+    for attempt in itertools.count(1):
+        marker = f"joining (attempt {attempt})"
+        say(page, marker)
+        try:
+            expect(chat_line(page, email, marker)).to_be_visible(timeout=2_000)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_new_user_registers_logs_in_and_chats(stack, open_page):
+    email = f"browser-{secrets.token_hex(4)}@example.com"
+    page = open_page()
+    register(page, stack.url, email)
+    log_out(page, stack.url)
+
+    log_in(page, stack.url, email)
+    expect_status(page, "connected")
+    join_chat(page, email)
+    say(page, "hello from a real browser")
+    expect(chat_line(page, email, "hello from a real browser")).to_be_visible()
+
+
+def test_another_user_receives_the_chat_line(stack, open_page, alice, bob):
+    alice_page, bob_page = open_page(), open_page()
+    for page, email in ((alice_page, alice), (bob_page, bob)):
+        log_in(page, stack.url, email)
+        expect_status(page, "connected")
+        join_chat(page, email)
+
+    say(alice_page, "hi bob, from alice's browser")
+    expect(chat_line(bob_page, alice, "hi bob, from alice's browser")).to_be_visible()
+
+
+def test_chat_line_with_markup_shows_as_text(stack, open_page, alice, bob):
+    """Received text is written with textContent: markup in a message creates
+    no element, so its script never runs."""
+    markup = '<img src=x onerror="window.injected = true">'
+    alice_page, bob_page = open_page(), open_page()
+    for page, email in ((alice_page, alice), (bob_page, bob)):
+        log_in(page, stack.url, email)
+        expect_status(page, "connected")
+        join_chat(page, email)
+
+    say(alice_page, markup)
+    for page in (alice_page, bob_page):
+        line = chat_line(page, alice, markup)
+        expect(line).to_be_visible()
+        assert line.text_content().endswith(f"{alice}: {markup}")
+        expect(page.locator("#chat-log img")).to_have_count(0)
+        assert page.evaluate("window.injected") is None
+
+
+def test_page_reconnects_by_itself_after_the_app_restarts(
+    start_stack, open_page, alice
+):
+    stack = start_stack()  # its own: this test stops the app
+    page = open_page()
+    log_in(page, stack.url, alice)
+    expect_status(page, "connected")
+
+    stack.stop_app()
+    expect_status(page, "disconnected")
+    stack.start_app_again()
+    expect_status(page, "connected", timeout=RECONNECT_TIMEOUT * 1000)
+
+    join_chat(page, alice)
+    say(page, "back after the restart")
+    expect(chat_line(page, alice, "back after the restart")).to_be_visible()
+
+
+@contextmanager
+def another_site() -> Iterator[str]:
+    """A page of another origin: same host, another port, as a site a user
+    might visit. The browser's cookies for 127.0.0.1 go with its requests,
+    whatever the port, so only the Origin check can refuse its socket."""
+
+    class AnotherSite(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><title>Another site</title><p>Another site"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass  # keep the test's output quiet
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AnotherSite)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# Open a WebSocket from the page and report how it went.
+OPEN_SOCKET = """(url) => new Promise((resolve) => {
+  const ws = new WebSocket(url);
+  const outcome = { opened: false, error: false };
+  ws.onopen = () => { outcome.opened = true; ws.close(); };
+  ws.onerror = () => { outcome.error = true; };
+  ws.onclose = (event) => resolve({ ...outcome, code: event.code });
+})"""
+
+
+# What Chromium tells Playwright about a handshake answered 403; the page's
+# own script never learns the status.
+HANDSHAKE_REFUSED_WITH_403 = (
+    "Error during WebSocket handshake: Unexpected response code: 403"
+)
+
+
+def refused_handshakes(server: Server, path: str, status: int) -> int:
+    """How many handshakes on `path` the app's access log shows answered `status`."""
+    return len(re.findall(rf'"GET {path} HTTP/1\.\d" {status} ', server.log()))
+
+
+def test_page_from_another_origin_cannot_open_the_socket(stack, open_page, alice):
+    page = open_page()
+    log_in(page, stack.url, alice)
+    expect_status(page, "connected")  # the same browser, from the right origin
+    refused_before = refused_handshakes(stack.app, "/ws/chat", 403)
+
+    with another_site() as url:
+        foreign_page = page.context.new_page()
+        foreign_page.goto(url)
+        handshake_errors = []
+
+        def record_errors(ws) -> None:
+            ws.on("socketerror", lambda error: handshake_errors.append(error))
+
+        foreign_page.on("websocket", record_errors)
+        outcome = foreign_page.evaluate(OPEN_SOCKET, f"{stack.ws_url}/ws/chat")
+
+    # A refused handshake reaches the page only as an error and close code 1006;
+    # the browser tells Playwright the status, and the app logs it.
+    assert outcome == {"opened": False, "error": True, "code": 1006}
+    deadline = time.monotonic() + 5
+    while not handshake_errors and time.monotonic() < deadline:
+        page.wait_for_timeout(100)  # lets Playwright deliver pending events
+    assert handshake_errors == [HANDSHAKE_REFUSED_WITH_403]
+    while refused_handshakes(stack.app, "/ws/chat", 403) == refused_before:
+        assert time.monotonic() < deadline, f"no 403 in the app log:\n{stack.app.log()}"
+        time.sleep(0.1)
