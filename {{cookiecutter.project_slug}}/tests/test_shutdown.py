@@ -5,7 +5,7 @@ import time
 from contextlib import ExitStack
 
 import pytest
-from websockets.exceptions import ConnectionClosedOK
+from websockets.exceptions import ConnectionClosed
 
 from .conftest import bearer_token, open_socket
 
@@ -21,7 +21,7 @@ def test_sigterm_closes_every_open_socket_with_1001(start_server, alice):
         started = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         for ws in sockets:
-            with pytest.raises(ConnectionClosedOK) as closed:
+            with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=10)
             assert closed.value.rcvd.code == 1001
             assert closed.value.rcvd.reason == "server shutting down"

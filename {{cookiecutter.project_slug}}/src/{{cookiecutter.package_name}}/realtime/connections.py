@@ -11,6 +11,7 @@ from simple_websocket import ConnectionClosed
 # https://www.rfc-editor.org/rfc/rfc6455#section-7.4.1
 GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
+SHUTTING_DOWN = "server shutting down"
 
 
 class Connection:
@@ -64,12 +65,15 @@ class OpenConnections:
     def add(self, connection: Connection) -> None:
         with self._lock:
             self._open.add(connection)
+            stopping = self._stopping
+        if stopping:  # admitted just before the worker was told to stop
+            connection.close(GOING_AWAY, SHUTTING_DOWN)
 
     def discard(self, connection: Connection) -> None:
         with self._lock:
             self._open.discard(connection)
 
-    def close_all(self, reason: str = "server shutting down") -> int:
+    def close_all(self, reason: str = SHUTTING_DOWN) -> int:
         """Close every socket with 1001 and admit no more; returns how many."""
         with self._lock:
             self._stopping = True
