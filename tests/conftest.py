@@ -27,6 +27,9 @@ CHOICES = {
     if not key.startswith("_") and isinstance(value, list)
 }
 
+# The post-gen hook records the answers in this file, named after cookiecutter.
+ANSWERS_RECORD = ".cookiecutter.json"
+
 UNRENDERED_PATTERNS = [
     re.compile(r"\{\{-?\s*cookiecutter\b"),
     re.compile(r"\{\{[^}\n]*\bcookiecutter\."),
@@ -65,7 +68,10 @@ def unrendered_leftovers(root):
     found = []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
-        if "{{" in str(relative) or "cookiecutter" in str(relative):
+        named_after_cookiecutter = "cookiecutter" in str(relative)
+        if "{{" in str(relative) or (
+            named_after_cookiecutter and str(relative) != ANSWERS_RECORD
+        ):
             found.append(f"{relative}: unrendered name")
     for path, text in text_files(root):
         for number, line in enumerate(text.splitlines(), start=1):

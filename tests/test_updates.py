@@ -12,7 +12,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import TEMPLATE_DIR, require, run
+from conftest import ANSWERS_RECORD, TEMPLATE_DIR, require, run
 
 # Not part of the template: the repository's own state, caches and venvs.
 NOT_TEMPLATE = shutil.ignore_patterns(
@@ -86,7 +86,7 @@ def cruft(*arguments, cwd, env):
 )
 def test_bake_records_its_answers_as_a_replay_file(bake, answers):
     result = bake(**answers)
-    record = result.project_path / ".cookiecutter.json"
+    record = result.project_path / ANSWERS_RECORD
     assert record.is_file(), ".cookiecutter.json was not written"
     assert json.loads(record.read_text()) == {"cookiecutter": answers_in(result)}
 
@@ -108,7 +108,7 @@ def test_replay_file_regenerates_the_same_project(tmp_path, config_file):
     # What the generated README tells a user to run, with the template's path.
     replayed = run(
         cookiecutter
-        + ["--replay-file", str(project / ".cookiecutter.json")]
+        + ["--replay-file", str(project / ANSWERS_RECORD)]
         + [str(TEMPLATE_DIR), "-o", str(second)],
         cwd=tmp_path,
         timeout=120,
