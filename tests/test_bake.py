@@ -8,6 +8,7 @@ import sys
 import tomllib
 
 import pytest
+import yaml
 from conftest import CHOICES, ruff, run, template_has, unrendered_leftovers
 
 # The defaults, then each non-default choice of each question on its own (a
@@ -216,6 +217,58 @@ def test_github_workflows_match_their_schema(baked, answers):
     )
     code = checked.returncode
     assert code == 0, f"a workflow is not valid:\n{checked.stdout}"
+
+
+# What CI must run in a generated project, word for word (its README says so).
+CI_COMMANDS = [
+    'python -m pip install -e ".[dev]"',
+    "ruff check .",
+    "ruff format --check .",
+    "python -m pytest",
+]
+
+
+@pytest.mark.parametrize(
+    "answers", [v for v in VARIANTS if v.values[0].get("ci") != "none"]
+)
+def test_github_workflow_runs_what_the_answers_need(baked, answers):
+    if not template_has(".github"):
+        pytest.skip("the template has no .github folder yet")
+    result = baked(**answers)
+    context = result.context
+    text = (result.project_path / ".github" / "workflows" / "ci.yml").read_text()
+    # GitHub's own expressions survive cookiecutter's Jinja.
+    assert "${{ github.ref }}" in text
+
+    [job] = yaml.safe_load(text)["jobs"].values()
+    services = job.get("services", {})
+    expected = set()
+    if context["database"] == "postgresql":
+        expected.add("postgres")
+        admin_url = "postgresql://postgres:postgres@127.0.0.1:5432/postgres"
+        assert job["env"]["TEST_DATABASE_ADMIN_URL"] == admin_url
+    if context["broadcast"] == "redis":
+        expected.add("redis")
+    assert set(services) == expected
+    for name, service in services.items():
+        assert "--health-cmd" in service.get("options", ""), f"{name}: no health check"
+    assert job["env"]["REQUIRE_ALL"] == "1"
+
+    steps = job["steps"]
+    [python] = [
+        s for s in steps if s.get("uses", "").startswith("actions/setup-python")
+    ]
+    assert python["with"]["python-version"] == context["python_version"]
+    script = "\n".join(step.get("run", "") for step in steps)
+    missing = [command for command in CI_COMMANDS if command not in script]
+    assert not missing, f"the workflow does not run: {missing}"
+    apt = set(re.findall(r"apt-get install .*? (\S+)$", script, re.M))
+    wanted = {"chromium"}
+    if context["use_docker"] == "y":
+        wanted.add("nginx")
+    if context["broadcast"] == "redis":
+        wanted.add("redis-server")
+    assert apt == wanted
 
 
 def test_free_text_answers_with_quotes_keep_pyproject_valid(bake):
