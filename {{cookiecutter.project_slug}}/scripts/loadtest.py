@@ -17,8 +17,12 @@ server's processes, summed, once before the first socket opens and once at the
 end of the hold while every socket is open, divided by the sockets held. The
 processes are those given by `--server-pid` (the gunicorn master: its workers
 are counted with it) or every process whose command line contains
-`--server-match`. It reads /proc, so the server must run on this machine and
-this user must be allowed to read its /proc entries (same user, or root).
+`--server-match`; `--proxy-pid` / `--proxy-match` report nginx the same way.
+The CPU they used during the hold is reported too, as a share of one core,
+with the client's own: a client near 100% means the client, not the server,
+set the pace. Measure a freshly started server: memory that closed sockets
+freed stays with the process for reuse, so a second run grows less. It reads
+/proc, so the server must run on this machine, readable by this user.
 
 Many sockets from one process: the open-file limit is raised to what N needs
 (up to the hard limit; `ulimit -Hn` as root raises that), and past the
@@ -75,8 +79,8 @@ class Plan:
     token: str | None
     source_addresses: list[str]
     stop_on_failure: bool
-    server_pids: list[int]
-    server_match: str | None
+    # Process groups whose memory and CPU are reported: "server", "proxy".
+    watched: dict[str, "Watched"]
 
 
 @dataclass
@@ -92,9 +96,12 @@ class Results:
     traffic_ms: list[float] = field(default_factory=list)
     ramp_seconds: float = 0.0
     hold_seconds: float = 0.0
-    memory_before: int | None = None
-    memory_held: int | None = None
-    memory_processes: int = 0
+    # Per watched group: a Sample before the ramp, at the start and the end
+    # of the hold.
+    before: dict[str, "Sample"] = field(default_factory=dict)
+    hold_start: dict[str, "Sample"] = field(default_factory=dict)
+    hold_end: dict[str, "Sample"] = field(default_factory=dict)
+    client_cpu_seconds: float = 0.0
     open_now: int = 0
 
     def fail(self, reason: str) -> None:
@@ -103,14 +110,28 @@ class Results:
         self.failures[reason] += 1
 
 
-# --- the server's memory, from /proc ----------------------------------------
+# --- the server's memory and CPU, from /proc ------------------------------------
 
 
-def server_processes(pids: list[int], match: str | None) -> list[int]:
-    """The given PIDs and all their descendants, plus every process whose
-    command line contains `match` (this one excepted)."""
-    parents: dict[int, int] = {}
-    commands: dict[int, str] = {}
+@dataclass
+class Watched:
+    """Processes given by PID (their descendants with them) or by a text their
+    command line contains."""
+
+    pids: list[int]
+    match: str | None = None
+
+
+@dataclass
+class Sample:
+    processes: int
+    resident_bytes: int
+    cpu_seconds: float
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every process."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -119,46 +140,51 @@ def server_processes(pids: list[int], match: str | None) -> list[int]:
             raw = (entry / "cmdline").read_bytes()
         except OSError:  # the process ended while we looked
             continue
-        pid = int(entry.name)
         # The command name in parentheses may hold spaces: split after it.
-        parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        commands[pid] = raw.replace(b"\0", b" ").decode(errors="replace")
-    chosen = {pid for pid in pids if pid in parents}
-    if match:
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        table[int(entry.name)] = (parent, raw.replace(b"\0", b" ").decode())
+    return table
+
+
+def watched_processes(watched: Watched) -> list[int]:
+    table = process_table()
+    chosen = {pid for pid in watched.pids if pid in table}
+    if watched.match:
         chosen |= {
             pid
-            for pid, command in commands.items()
-            if match in command and pid != os.getpid()
+            for pid, (_, command) in table.items()
+            if watched.match in command and pid != os.getpid()
         }
     # Descendants: a few passes cover gunicorn's master -> workers.
     for _ in range(8):
-        children = {pid for pid, parent in parents.items() if parent in chosen}
+        children = {pid for pid, (parent, _) in table.items() if parent in chosen}
         if children <= chosen:
             break
         chosen |= children
     return sorted(chosen)
 
 
-def resident_bytes(pids: list[int]) -> int:
-    """Sum of VmRSS over `pids`; a process that is gone counts 0."""
-    total = 0
+def sample(watched: Watched) -> Sample:
+    """Resident memory (VmRSS) and CPU time (user + system) summed over the
+    processes; one that is gone counts 0."""
+    pids = watched_processes(watched)
+    resident, ticks = 0, 0
     for pid in pids:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
+                resident += int(line.split()[1]) * 1024
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return Sample(len(pids), resident, ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def measure_memory(plan: Plan) -> tuple[int, int] | None:
-    """(resident bytes, number of processes), or None when not asked for."""
-    if not plan.server_pids and not plan.server_match:
-        return None
-    pids = server_processes(plan.server_pids, plan.server_match)
-    return resident_bytes(pids), len(pids)
+def sample_all(plan: Plan) -> dict[str, Sample]:
+    return {name: sample(watched) for name, watched in plan.watched.items()}
 
 
 # --- the limits of one client process ----------------------------------------
@@ -409,9 +435,7 @@ async def gather_limited(coroutines, limit: int) -> list:
 
 async def run(plan: Plan, progress: Progress) -> Results:
     results = Results(asked=plan.connections)
-    memory = measure_memory(plan)
-    if memory:
-        results.memory_before, results.memory_processes = memory
+    results.before = sample_all(plan)
 
     # Ramp: start one socket every 1/rate s, at most `concurrency` in flight,
     # each bounded by `timeout`; stop early on a failure when asked to.
@@ -451,6 +475,8 @@ async def run(plan: Plan, progress: Progress) -> Results:
     progress.done()
 
     # Hold them all, then measure while every one is still open.
+    results.hold_start = sample_all(plan)
+    client_cpu = time.process_time()
     hold_started = time.monotonic()
     until = hold_started + plan.hold
     holders = [
@@ -481,9 +507,8 @@ async def run(plan: Plan, progress: Progress) -> Results:
         for ws, task in zip(sockets, holders, strict=True)
         if task.done() and task.result()
     ]
-    memory = measure_memory(plan)
-    if memory:
-        results.memory_held, results.memory_processes = memory
+    results.hold_end = sample_all(plan)
+    results.client_cpu_seconds = time.process_time() - client_cpu
 
     # One more echo each: a socket counts as held only if it still answers.
     async def check(index: int, ws: ClientConnection) -> bool:
@@ -547,14 +572,19 @@ def summary(plan: Plan, results: Results) -> dict:
         report["round_trips_per_second"] = round(
             len(results.traffic_ms) / max(plan.hold, 1e-9), 1
         )
-    if results.memory_before is not None and results.memory_held is not None:
-        grown = results.memory_held - results.memory_before
-        open_sockets = results.held or results.opened
-        report["memory"] = {
-            "processes": results.memory_processes,
-            "before_bytes": results.memory_before,
-            "held_bytes": results.memory_held,
-            "per_socket_bytes": round(grown / open_sockets) if open_sockets else None,
+    held = results.held or results.opened
+    hold = max(results.hold_seconds, 1e-9)
+    report["client_cpu_share"] = round(results.client_cpu_seconds / hold, 3)
+    for name, before in results.before.items():
+        start, end = results.hold_start[name], results.hold_end[name]
+        grown = end.resident_bytes - before.resident_bytes
+        report[name] = {
+            "processes": end.processes,
+            "before_bytes": before.resident_bytes,
+            "held_bytes": end.resident_bytes,
+            "per_socket_bytes": round(grown / held) if held else None,
+            # CPU time during the hold, as a share of one core.
+            "cpu_share": round((end.cpu_seconds - start.cpu_seconds) / hold, 3),
         }
     return report
 
@@ -593,17 +623,23 @@ def print_report(report: dict) -> None:
             f"traffic     {report['round_trips_per_second']:.0f} round trips/s, "
             f"ms: {milliseconds(report['traffic_ms'])}"
         )
-    memory = report.get("memory")
-    if memory:
-        per_socket = memory["per_socket_bytes"]
+    for name in ("server", "proxy"):
+        if name not in report:
+            continue
+        group = report[name]
+        per_socket = group["per_socket_bytes"]
+        each = "" if per_socket is None else f" ({per_socket / 1024:.1f} KB per socket)"
         lines.append(
-            f"server      {memory['processes']} processes: "
-            f"{memory['before_bytes'] / 2**20:.1f} MB before, "
-            f"{memory['held_bytes'] / 2**20:.1f} MB holding the sockets"
-            + (f", {per_socket / 1024:.1f} KB per socket" if per_socket else "")
+            f"{name:<11} {group['processes']} processes: "
+            f"{group['before_bytes'] / 2**20:.1f} MB before, "
+            f"{group['held_bytes'] / 2**20:.1f} MB holding the sockets{each}, "
+            f"{group['cpu_share']:.0%} of a core during the hold"
         )
-    else:
-        lines.append("server      memory not measured (--server-pid/--server-match)")
+    if "server" not in report:
+        lines.append("server      not measured (--server-pid or --server-match)")
+    lines.append(
+        f"client      {report['client_cpu_share']:.0%} of a core during the hold"
+    )
     print("\n".join(lines))
 
 
@@ -671,23 +707,36 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="open no more sockets after the first failure",
     )
-    parser.add_argument(
-        "--server-pid",
-        type=int,
-        action="append",
-        default=[],
-        help="PID whose memory (with its children's) is measured",
-    )
-    parser.add_argument(
-        "--server-match",
-        help="measure every process whose command line contains this text",
-    )
+    for name, example in (("server", "the gunicorn master"), ("proxy", "nginx")):
+        parser.add_argument(
+            f"--{name}-pid",
+            type=int,
+            action="append",
+            default=[],
+            help=f"PID of {example}: its memory and CPU (children's included)",
+        )
+        parser.add_argument(
+            f"--{name}-match",
+            help="or every process whose command line contains this text",
+        )
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     arguments = parser.parse_args(argv)
     if urlsplit(arguments.url).scheme not in ("ws", "wss"):
         parser.error("the URL must start with ws:// or wss://")
     return arguments
+
+
+def watched_groups(arguments: argparse.Namespace) -> dict[str, Watched]:
+    groups = {}
+    for name in ("server", "proxy"):
+        pids, match = (
+            getattr(arguments, f"{name}_pid"),
+            getattr(arguments, f"{name}_match"),
+        )
+        if pids or match:
+            groups[name] = Watched(pids, match)
+    return groups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,8 +764,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.url, arguments.connections, arguments.source_addresses
         ),
         stop_on_failure=arguments.stop_on_failure,
-        server_pids=arguments.server_pid,
-        server_match=arguments.server_match,
+        watched=watched_groups(arguments),
     )
     results = asyncio.run(run(plan, Progress(enabled=not arguments.quiet)))
     report = summary(plan, results)

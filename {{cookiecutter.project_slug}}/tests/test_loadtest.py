@@ -34,8 +34,9 @@ def test_loadtest_opens_checks_and_holds_every_socket(server, alice, tmp_path):
     assert (report["opened"], report["held"], report["failed"]) == (20, 20, 0)
     assert report["handshake_ms"]["count"] == 20
     assert report["echo_ms"]["p50"] <= report["echo_ms"]["p99"]
-    assert report["memory"]["processes"] >= 2  # the master and its workers
-    assert report["memory"]["held_bytes"] > 0
+    assert report["server"]["processes"] >= 2  # the master and its workers
+    assert report["server"]["held_bytes"] > 0
+    assert report["server"]["per_socket_bytes"] is not None
 
 
 def test_loadtest_echo_traffic_counts_round_trips(server, alice, tmp_path):
