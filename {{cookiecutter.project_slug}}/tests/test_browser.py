@@ -65,8 +65,10 @@ APP_SETTINGS: dict[str, str] = {}
 {%- endif %}
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator["Browser"]:
+# Session scope and autouse put it before the session's other fixtures (the
+# database, the users), so a machine without a browser skips at once.
+@pytest.fixture(scope="session", autouse=True)
+def chromium_executable() -> str:
     require(
         sync_playwright is not None,
         "playwright is not installed; it is in the dev extra: pip install -e '.[dev]'",
@@ -76,10 +78,15 @@ def chromium() -> Iterator["Browser"]:
         executable is not None,
         "Chromium is not installed (Debian: apt-get install chromium)",
     )
+    return executable
+
+
+@pytest.fixture(scope="module")
+def chromium(chromium_executable) -> Iterator["Browser"]:
     expect.set_options(timeout=EXPECT_TIMEOUT)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS
+            executable_path=chromium_executable, args=CHROMIUM_ARGS
         )
         yield browser
         browser.close()
