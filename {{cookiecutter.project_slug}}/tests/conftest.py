@@ -276,6 +276,33 @@ def start_server(migrated, tmp_path_factory):
         server.stop()
 
 
+{%- if cookiecutter.use_docker == "y" %}
+
+
+@pytest.fixture(scope="session")
+def start_nginx(tmp_path_factory):
+    """Start Debian's nginx, with the generated config, in front of gunicorn
+    servers (tests/nginx.py); stopped at the end."""
+    from .nginx import Nginx, find_nginx
+
+    require(
+        find_nginx() is not None,
+        "nginx is not installed (Debian: apt-get install nginx)",
+    )
+    started = []
+
+    def start(*servers, **variables: str) -> Nginx:
+        upstreams = [f"127.0.0.1:{server.port}" for server in servers]
+        nginx = Nginx(tmp_path_factory.mktemp("nginx"), upstreams, **variables)
+        started.append(nginx)
+        return nginx.start()
+
+    yield start
+    for nginx in started:
+        nginx.stop()
+{%- endif %}
+
+
 @pytest.fixture(scope="session")
 def server(start_server) -> Server:
     """The default test server, shared by the tests that only talk to it."""

@@ -10,34 +10,14 @@ import requests
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import PROJECT_ROOT, bearer_token, log_in, open_socket, require
-from .nginx import STATIC, Nginx, find_nginx
+from .conftest import PROJECT_ROOT, bearer_token, log_in, open_socket
+from .nginx import STATIC
 
 # The address a client of these tests connects from: loopback, but not the
 # 127.0.0.1 that nginx uses towards the app, so the two cannot be confused.
 CLIENT_ADDRESS = "127.0.0.2"
 # Short enough to wait out in a test; the app pings every second.
 SHORT_READ_TIMEOUT = 3
-
-
-@pytest.fixture(scope="module")
-def start_nginx(tmp_path_factory):
-    """Start nginx in front of gunicorn servers; stopped at the end."""
-    require(
-        find_nginx() is not None,
-        "nginx is not installed (Debian: apt-get install nginx)",
-    )
-    started = []
-
-    def start(*servers, **variables: str) -> Nginx:
-        upstreams = [f"127.0.0.1:{server.port}" for server in servers]
-        nginx = Nginx(tmp_path_factory.mktemp("nginx"), upstreams, **variables)
-        started.append(nginx)
-        return nginx.start()
-
-    yield start
-    for nginx in started:
-        nginx.stop()
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,36 @@ def test_chat_reaches_clients_on_every_worker_and_instance(start_server, alice):
                 }
 
 
+{%- if cookiecutter.use_docker == "y" %}
+
+
+def test_chat_reaches_two_instances_behind_one_nginx(start_server, start_nginx, alice):
+    instances = [
+        start_server(WEB_CONCURRENCY="2", TRUSTED_PROXY_COUNT="1") for _ in range(2)
+    ]
+    proxy = start_nginx(*instances)
+    token = bearer_token(proxy, alice)
+    with ExitStack() as stack:
+        clients = []
+        # nginx sends each new socket to the least busy instance; keep opening
+        # until every worker of both instances holds one.
+        while any(len(worker_pids(instance)) < 2 for instance in instances):
+            assert len(clients) < 40, "nginx did not spread the sockets"
+            ws = stack.enter_context(open_socket(proxy, "/ws/chat", token=token))
+            clients.append(ws)
+        join_chat(*clients)
+
+        for number, speaker in enumerate((clients[0], clients[-1])):
+            say(speaker, f"through nginx {number}")
+            for ws in clients:
+                assert heard(ws) == {
+                    "type": "message",
+                    "user": alice,
+                    "text": f"through nginx {number}",
+                }
+{%- endif %}
+
+
 def test_redis_outage_degrades_then_recovers(start_server, start_redis, alice):
     redis_server = start_redis()
     server = start_server(REDIS_URL=redis_server.url, WEB_CONCURRENCY=str(WORKERS))
