@@ -39,7 +39,13 @@ except ImportError:  # in the dev extra; the `chromium` fixture says so
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser")
+# Debian's and Ubuntu's names, then Google Chrome's, which Playwright drives too.
+CHROMIUM_NAMES = (
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "google-chrome-stable",
+)
 # No sandbox (it needs user namespaces, which containers and CI jobs often
 # lack), no GPU, and nothing that calls home: updates, sync, first-run pages.
 # https://peter.sh/experiments/chromium-command-line-switches/
