@@ -29,7 +29,7 @@ import pytest
 
 from .conftest import CALL_FAILED, PASSWORD, PROJECT_ROOT, Server, require
 {%- if cookiecutter.use_docker == "y" %}
-from .nginx import Nginx, find_nginx
+from .nginx import Nginx
 {%- endif %}
 
 try:
@@ -132,24 +132,14 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def start_stack(start_server, tmp_path_factory) -> Iterator[Callable[[], Stack]]:
-    """Start gunicorn with nginx in front of it; nginx is stopped at the end."""
-    require(
-        find_nginx() is not None,
-        "nginx is not installed (Debian: apt-get install nginx)",
-    )
-    proxies = []
+def start_stack(start_server, start_nginx) -> Callable[[], Stack]:
+    """Start gunicorn with nginx in front of it."""
 
     def start() -> Stack:
         app = start_server(**APP_SETTINGS)
-        upstream = f"127.0.0.1:{app.port}"
-        proxy = Nginx(tmp_path_factory.mktemp("nginx"), [upstream]).start()
-        proxies.append(proxy)
-        return Stack(app, start_server, proxy)
+        return Stack(app, start_server, start_nginx(app))
 
-    yield start
-    for proxy in proxies:
-        proxy.stop()
+    return start
 {%- else %}
 
 
