@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from conftest import ANSWERS_RECORD, TEMPLATE_DIR, require, run
@@ -73,6 +75,17 @@ def git(*arguments, cwd, env):
     return finished.stdout
 
 
+def commit_all(repository, message, env):
+    """Commit everything in a repository; return the new commit's hash."""
+    git("add", "-A", cwd=repository, env=env)
+    git("commit", "-q", "-m", message, cwd=repository, env=env)
+    return git("rev-parse", "HEAD", cwd=repository, env=env).strip()
+
+
+def recorded_answers(project):
+    return json.loads((project / ANSWERS_RECORD).read_text())["cookiecutter"]
+
+
 def cruft(*arguments, cwd, env):
     finished = run([sys.executable, "-m", "cruft", *arguments], cwd=cwd, env=env)
     code = finished.returncode
@@ -123,20 +136,31 @@ def test_replay_file_regenerates_the_same_project(tmp_path, config_file):
     assert differ == sorted(DIFFERS_ON_EVERY_BAKE)
 
 
-@pytest.mark.slow
-def test_cruft_update_merges_a_template_change_and_keeps_project_edits(
-    tmp_path, git_env
-):
-    require(shutil.which("git") is not None, "git is not installed; cruft needs it")
+@dataclass
+class CruftProject:
+    template: Path  # a git repository: a copy of this template
+    project: Path  # a git repository: the project cruft made from it
+    git_env: dict
 
-    # The template as a git repository of its own, at a first commit.
+    def git(self, *arguments, cwd):
+        return git(*arguments, cwd=cwd, env=self.git_env)
+
+    def commit_template(self, message):
+        return commit_all(self.template, message, self.git_env)
+
+    def cruft(self, *arguments):
+        return cruft(*arguments, cwd=self.project, env=self.git_env)
+
+
+@pytest.fixture
+def cruft_project(tmp_path, git_env):
+    """A git copy of the template, and a project cruft made from it, committed."""
+    require(shutil.which("git") is not None, "git is not installed; cruft needs it")
     template = tmp_path / "template"
     shutil.copytree(TEMPLATE_DIR, template, ignore=NOT_TEMPLATE)
     git("init", "-q", "-b", "main", cwd=template, env=git_env)
-    git("add", "-A", cwd=template, env=git_env)
-    git("commit", "-q", "-m", "template, first version", cwd=template, env=git_env)
+    first_commit = commit_all(template, "template, first version", git_env)
 
-    # A project made from it with cruft, committed in a repository of its own.
     out = tmp_path / "projects"
     cruft(
         "create",
@@ -149,45 +173,74 @@ def test_cruft_update_merges_a_template_change_and_keeps_project_edits(
     )
     [project] = out.iterdir()
     state = json.loads((project / ".cruft.json").read_text())
-    first_commit = git("rev-parse", "HEAD", cwd=template, env=git_env).strip()
+    assert state["template"] == str(template)
     assert state["commit"] == first_commit
-    env_file = (project / ".env").read_bytes()
     git("init", "-q", "-b", "main", cwd=project, env=git_env)
-    git("add", "-A", cwd=project, env=git_env)
-    git("commit", "-q", "-m", "generated", cwd=project, env=git_env)
+    commit_all(project, "generated", git_env)
+    return CruftProject(template, project, git_env)
+
+
+def staged_files(made):
+    return sorted(made.git("diff", "--cached", "--name-only", cwd=made.project).split())
+
+
+@pytest.mark.slow
+def test_cruft_update_merges_a_template_change_and_keeps_project_edits(
+    cruft_project,
+):
+    made, project = cruft_project, cruft_project.project
+    env_file = (project / ".env").read_bytes()
 
     # The project's own edit, near the top of its README.
     readme = project / "README.md"
     title, rest = readme.read_text().split("\n", 1)
     readme.write_text(f"{title}\n\n{PROJECT_EDIT}\n{rest}")
-    git("commit", "-q", "-am", "our own note", cwd=project, env=git_env)
+    made.git("commit", "-q", "-am", "our own note", cwd=project)
 
     # The template moves on: a line at the end of the same README, a new file.
-    template_project = template / "{{cookiecutter.project_slug}}"
+    template_project = made.template / "{{cookiecutter.project_slug}}"
     with (template_project / "README.md").open("a") as file:
         file.write(f"\n{TEMPLATE_CHANGE}\n")
     new_file = "# {{ cookiecutter.project_name }}\n"
     (template_project / NEW_TEMPLATE_FILE).write_text(new_file)
-    git("add", "-A", cwd=template, env=git_env)
-    git("commit", "-q", "-m", "template, second version", cwd=template, env=git_env)
-    second_commit = git("rev-parse", "HEAD", cwd=template, env=git_env).strip()
+    second_commit = made.commit_template("template, second version")
 
     # Apply without the question a person would answer (y/n/skip/view).
-    updated = cruft("update", "--skip-apply-ask", cwd=project, env=git_env)
+    updated = made.cruft("update", "--skip-apply-ask")
     assert "Failed to apply" not in updated, updated
 
     text = readme.read_text()
     assert TEMPLATE_CHANGE in text, "the template's change did not arrive"
     assert PROJECT_EDIT in text, "the project's own edit was lost"
-    project_name = state["context"]["cookiecutter"]["project_name"]
+    project_name = recorded_answers(project)["project_name"]
     assert (project / NEW_TEMPLATE_FILE).read_text() == f"# {project_name}\n"
     assert not list(project.rglob("*.rej")), "the update left conflicts behind"
     assert (project / ".env").read_bytes() == env_file, "the update rewrote .env"
     assert json.loads((project / ".cruft.json").read_text())["commit"] == second_commit
 
     # A reviewable change: staged in the working tree, nothing committed.
-    staged = git("diff", "--cached", "--name-only", cwd=project, env=git_env)
-    assert sorted(staged.split()) == sorted(["README.md", NEW_TEMPLATE_FILE])
-    log = git("log", "--format=%s", cwd=project, env=git_env)
+    assert staged_files(made) == sorted(["README.md", NEW_TEMPLATE_FILE])
+    log = made.git("log", "--format=%s", cwd=project)
     assert log.split("\n")[0] == "our own note"
-    cruft("check", cwd=project, env=git_env)
+    made.cruft("check")
+
+
+@pytest.mark.slow
+def test_cruft_update_changes_an_answer_as_a_reviewable_change(cruft_project):
+    """What the generated README offers to go from memory to Redis broadcast."""
+    made, project = cruft_project, cruft_project.project
+    package = recorded_answers(project)["package_name"]
+    redis_hub = f"src/{package}/realtime/redis_hub.py"
+    assert not (project / redis_hub).exists()
+
+    made.cruft(
+        "update", "--skip-apply-ask", "--variables-to-update", '{"broadcast": "redis"}'
+    )
+
+    assert (project / redis_hub).is_file(), "the Redis hub did not arrive"
+    assert "redis>=" in (project / "pyproject.toml").read_text()
+    assert recorded_answers(project)["broadcast"] == "redis"
+    state = json.loads((project / ".cruft.json").read_text())
+    assert state["context"]["cookiecutter"]["broadcast"] == "redis"
+    assert redis_hub in staged_files(made)
+    assert not list(project.rglob("*.rej")), "the update left conflicts behind"
