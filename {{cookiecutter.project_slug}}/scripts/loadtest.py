@@ -20,8 +20,10 @@ are counted with it) or every process whose command line contains
 `--server-match`; `--proxy-pid` / `--proxy-match` report nginx the same way.
 The CPU they used during the hold is reported too, as a share of one core,
 with the client's own: a client near 100% means the client, not the server,
-set the pace. Measure a freshly started server: memory that closed sockets
-freed stays with the process for reuse, so a second run grows less. It reads
+set the pace. Measure a freshly started server (`--warmup 200` first opens
+and closes a few sockets, so that each worker's one-time allocations are not
+counted): memory that closed sockets freed stays with the process for reuse,
+so a second run on the same server grows less. It reads
 /proc, so the server must run on this machine, readable by this user.
 
 Many sockets from one process: the open-file limit is raised to what N needs
@@ -79,6 +81,7 @@ class Plan:
     token: str | None
     source_addresses: list[str]
     stop_on_failure: bool
+    warmup: int
     # Process groups whose memory and CPU are reported: "server", "proxy".
     watched: dict[str, "Watched"]
 
@@ -433,8 +436,24 @@ async def gather_limited(coroutines, limit: int) -> list:
     return await asyncio.gather(*(run(coroutine) for coroutine in coroutines))
 
 
+async def warm_up(plan: Plan) -> None:
+    """Open, check and close a few sockets, so that what a worker allocates
+    once (imports, pools, the first request) is not counted per socket."""
+    scratch = Results()
+
+    async def once(index: int) -> None:
+        ws = await open_and_check(plan, index, scratch)
+        if ws is not None:
+            await close_quietly(ws)
+
+    await gather_limited((once(i) for i in range(plan.warmup)), plan.concurrency)
+    await asyncio.sleep(1)
+
+
 async def run(plan: Plan, progress: Progress) -> Results:
     results = Results(asked=plan.connections)
+    if plan.warmup:
+        await warm_up(plan)
     results.before = sample_all(plan)
 
     # Ramp: start one socket every 1/rate s, at most `concurrency` in flight,
@@ -703,6 +722,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="loopback addresses to connect from (default: as many as N needs)",
     )
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="open and close this many sockets before the first measurement",
+    )
+    parser.add_argument(
         "--stop-on-failure",
         action="store_true",
         help="open no more sockets after the first failure",
@@ -764,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.url, arguments.connections, arguments.source_addresses
         ),
         stop_on_failure=arguments.stop_on_failure,
+        warmup=arguments.warmup,
         watched=watched_groups(arguments),
     )
     results = asyncio.run(run(plan, Progress(enabled=not arguments.quiet)))

@@ -1,0 +1,223 @@
+"""Chat fan-out: how long one message takes to reach every subscriber.
+
+    python benchmarks/fanout.py PROJECT ws://127.0.0.1:8080/ws/chat -n 1000 \\
+        [--token TOKEN] [--server-pid PID --server-port PORT] --json fanout.json
+
+run.py runs it with a generated project's Python, and it borrows that
+project's scripts/loadtest.py for opening sockets. It opens N subscribers and
+one sender, waits until every subscriber hears the sender (so each is
+subscribed), then sends `--messages` messages one at a time and times, for
+each, how long it takes to reach each subscriber. With `--server-pid` (the
+gunicorn master) and `--server-port` (the port it listens on) it also counts
+the connections each worker holds, from the kernel's TCP table, to show that
+the subscribers are spread over the workers.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# Seconds to wait for every subscriber to hear the sender's joining message.
+JOIN_SECONDS = 60
+# Pause between timed messages, so that one does not queue behind another.
+PAUSE_SECONDS = 0.5
+
+
+def load_loadtest(project: Path):
+    path = project / "scripts" / "loadtest.py"
+    spec = importlib.util.spec_from_file_location("loadtest", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sockets_per_worker(master: int, port: int) -> dict[int, int]:
+    """Established TCP connections on `port` that each child of `master` holds."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                established.add(fields[9])  # the socket's inode
+    counts = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent != master:
+                continue
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+        counts[int(entry.name)] = len(inodes & established)
+    return counts
+
+
+async def measure(arguments, loadtest) -> dict:
+    plan = loadtest.Plan(
+        url=arguments.url,
+        connections=arguments.subscribers + 1,
+        rate=1000,
+        concurrency=100,
+        hold=0,
+        traffic="idle",
+        compression=False,
+        message_size=0,
+        timeout=arguments.timeout,
+        token=arguments.token,
+        source_addresses=[],
+        stop_on_failure=False,
+        warmup=0,
+        watched={},
+    )
+    failures: dict[str, int] = {}
+
+    async def open_one(index: int):
+        try:
+            return await asyncio.wait_for(
+                loadtest.open_socket(plan, index), arguments.timeout
+            )
+        except Exception as error:
+            reason = loadtest.failure_reason(error, "handshake")
+            failures[reason] = failures.get(reason, 0) + 1
+            return None
+
+    opened = await loadtest.gather_limited(
+        (open_one(index) for index in range(plan.connections)), plan.concurrency
+    )
+    sockets = [ws for ws in opened if ws is not None]
+    if len(sockets) < 2:
+        return {"failures": failures, "subscribers": 0}
+    sender, subscribers = sockets[0], sockets[1:]
+
+    # Each subscriber notes when it first hears each label.
+    heard: dict[str, list[float]] = {}
+    wanted = len(subscribers)
+    everyone_heard: dict[str, asyncio.Event] = {}
+
+    async def listen(ws) -> None:
+        seen = set()
+        try:
+            while True:
+                text = await ws.recv()
+                now = time.perf_counter()
+                for label, times in heard.items():
+                    if label in text and label not in seen:
+                        seen.add(label)
+                        times.append(now)
+                        if len(times) == wanted:
+                            everyone_heard[label].set()
+        except Exception:  # closed: it hears nothing more
+            return
+
+    def expect(label: str) -> None:
+        heard[label] = []
+        everyone_heard[label] = asyncio.Event()
+
+    async def drain_sender() -> None:
+        # The sender hears the chat too; reading keeps its buffer empty.
+        try:
+            while True:
+                await sender.recv()
+        except Exception:
+            return
+
+    listeners = [asyncio.create_task(listen(ws)) for ws in subscribers]
+    drainer = asyncio.create_task(drain_sender())
+
+    # Joining: a subscriber may not be subscribed yet when its 101 arrives,
+    # so send until all have heard one joining message (each a new label).
+    joined = set()
+    join_deadline = time.monotonic() + JOIN_SECONDS
+    while time.monotonic() < join_deadline:
+        label = f"join-{secrets.token_hex(4)}"
+        expect(label)
+        await sender.send(json.dumps({"text": label}))
+        await asyncio.sleep(1)
+        for join_label in [name for name in heard if name.startswith("join-")]:
+            joined.add(len(heard[join_label]))
+        if max(joined) == wanted:
+            break
+    await asyncio.sleep(1)
+
+    spread = {}
+    if arguments.server_pid and arguments.server_port:
+        spread = sockets_per_worker(arguments.server_pid, arguments.server_port)
+
+    messages = []
+    for number in range(arguments.messages):
+        label = f"fanout-{number}-{secrets.token_hex(4)}"
+        expect(label)
+        started = time.perf_counter()
+        await sender.send(json.dumps({"text": label}))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(everyone_heard[label].wait(), arguments.timeout)
+        arrivals = sorted((moment - started) * 1000 for moment in heard[label])
+        messages.append(
+            {
+                "reached": len(arrivals),
+                "all_ms": arrivals[-1] if len(arrivals) == wanted else None,
+                "p50_ms": loadtest.percentile(arrivals, 0.5),
+                "p99_ms": loadtest.percentile(arrivals, 0.99),
+            }
+        )
+        await asyncio.sleep(PAUSE_SECONDS)
+
+    for task in [*listeners, drainer]:
+        task.cancel()
+    await loadtest.gather_limited(
+        (loadtest.close_quietly(ws) for ws in sockets), plan.concurrency
+    )
+    complete = [m["all_ms"] for m in messages if m["all_ms"] is not None]
+    return {
+        "asked": arguments.subscribers,
+        "subscribers": wanted,
+        "failures": failures,
+        "joined": max(joined) if joined else 0,
+        "per_worker": list(spread.values()),
+        "messages": messages,
+        "reached_min": min((m["reached"] for m in messages), default=0),
+        "all_ms_median": statistics.median(complete) if complete else None,
+        "p50_ms_median": statistics.median(m["p50_ms"] for m in messages)
+        if messages and all(m["p50_ms"] is not None for m in messages)
+        else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("project", type=Path, help="a generated project")
+    parser.add_argument("url", help="ws:// URL of the chat route")
+    parser.add_argument("-n", "--subscribers", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=5)
+    parser.add_argument("--token", help="bearer token (none for the baseline)")
+    parser.add_argument("--timeout", type=float, default=10)
+    parser.add_argument("--server-pid", type=int)
+    parser.add_argument("--server-port", type=int)
+    parser.add_argument("--json", type=Path, required=True)
+    arguments = parser.parse_args()
+    loadtest = load_loadtest(arguments.project)
+    loadtest.raise_open_file_limit(arguments.subscribers + 256)
+    report = asyncio.run(measure(arguments, loadtest))
+    arguments.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "messages"}))
+    return 0 if report.get("reached_min") == arguments.subscribers else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
