@@ -83,6 +83,11 @@ def post_worker_init(worker):
     the sockets and then drop them without a close frame."""
     open_connections = worker.wsgi.extensions["open_connections"]
     stop = worker.handle_exit
+{%- if cookiecutter.broadcast == "redis" %}
+    # Subscribe to the chat channel now rather than at the first chat socket,
+    # so that every worker hears every message from the start.
+    worker.wsgi.extensions["chat_hub"].start()
+{%- endif %}
 
     def close_sockets_then_stop(signum, frame):
         # Sending blocks; a signal handler must not, so a thread sends.

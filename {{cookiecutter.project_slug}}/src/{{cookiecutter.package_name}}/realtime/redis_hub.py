@@ -45,7 +45,7 @@ class RedisHub:
         self._start_lock = threading.Lock()
 
     def subscribe(self, deliver: Deliver) -> Callable[[], None]:
-        self._start_listener()
+        self.start()
         # A fresh listener needs a moment; let the client's first message find
         # it ready rather than refused.
         self._subscribed.wait(timeout=2)
@@ -65,7 +65,7 @@ class RedisHub:
             ) from None
 
     def check(self) -> None:
-        self._start_listener()
+        self.start()
         try:
             self._redis.ping()
         except redis.RedisError as error:
@@ -73,9 +73,10 @@ class RedisHub:
         if not self._subscribed.wait(timeout=2):
             raise HubUnavailable("not subscribed to Redis yet")
 
-    def _start_listener(self) -> None:
-        # Started on first use, in the worker process: a thread started before
-        # gunicorn forks would not survive the fork.
+    def start(self) -> None:
+        """Listen to the channel. gunicorn.conf.py calls this when a worker has
+        booted; otherwise the first subscriber or readiness check does. Never
+        before gunicorn forks: a thread does not survive the fork."""
         with self._start_lock:
             if self._listener is None:
                 self._listener = threading.Thread(
