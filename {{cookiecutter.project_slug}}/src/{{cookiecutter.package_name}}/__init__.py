@@ -1,4 +1,4 @@
-"""The application factory:  builds the app from the settings."""
+"""The application factory: `create_app()` builds the app from the settings."""
 
 import logging
 import os
