@@ -44,3 +44,15 @@ def test_malformed_message_gets_an_error_and_the_socket_stays_open(
         assert json.loads(ws.recv(timeout=5)) == {"type": "error", "error": error}
         ws.send(json.dumps({"text": "still here"}))
         assert json.loads(ws.recv(timeout=5))["text"] == "still here"
+{%- if cookiecutter.broadcast == "memory" %}
+
+
+def test_memory_broadcast_warns_when_several_workers_would_split_the_chat(
+    start_server,
+):
+    server = start_server(WEB_CONCURRENCY="2")
+    assert (
+        "[WARNING] broadcast = memory with 2 workers: a chat message reaches only "
+        "the clients of the worker that received it"
+    ) in server.log()
+{%- endif %}
