@@ -34,7 +34,7 @@ from .nginx import Nginx
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
-except ImportError:  # in the dev extra; the `chromium` fixture says so
+except ImportError:  # in the dev extra; `chromium_executable` says so
     sync_playwright = None
 
 pytestmark = pytest.mark.browser
