@@ -132,3 +132,14 @@ def baked(cookies_session):
         return cache[key]
 
     return bake_once
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    """A cookiecutter config that keeps replays and clones out of the user's home."""
+    path = tmp_path / "cookiecutterrc.yaml"
+    path.write_text(
+        f"cookiecutters_dir: {tmp_path / 'cookiecutters'}\n"
+        f"replay_dir: {tmp_path / 'replay'}\n"
+    )
+    return path

@@ -53,17 +53,6 @@ REFUSALS = [
 
 
 @pytest.fixture
-def config_file(tmp_path):
-    """A cookiecutter config that keeps replays out of the user's home."""
-    path = tmp_path / "cookiecutterrc.yaml"
-    path.write_text(
-        f"cookiecutters_dir: {tmp_path / 'cookiecutters'}\n"
-        f"replay_dir: {tmp_path / 'replay'}\n"
-    )
-    return path
-
-
-@pytest.fixture
 def output_dir(tmp_path):
     path = tmp_path / "out"
     path.mkdir()

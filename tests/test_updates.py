@@ -29,17 +29,6 @@ NEW_TEMPLATE_FILE = "CHANGES_FROM_THE_TEMPLATE.md"
 
 
 @pytest.fixture
-def config_file(tmp_path):
-    """A cookiecutter config that keeps replays and clones out of the home."""
-    path = tmp_path / "cookiecutterrc.yaml"
-    path.write_text(
-        f"cookiecutters_dir: {tmp_path / 'cookiecutters'}\n"
-        f"replay_dir: {tmp_path / 'replay'}\n"
-    )
-    return path
-
-
-@pytest.fixture
 def git_env(tmp_path):
     """An environment where git commits without the user's identity or config."""
     env = dict(os.environ)
