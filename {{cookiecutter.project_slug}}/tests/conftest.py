@@ -345,22 +345,28 @@ def csrf_token(html: str) -> str:
     return match.group(1)
 
 
+def submit_form(
+    browser: requests.Session, url: str, fields: dict, *, target: str | None = None
+) -> requests.Response:
+    """Fill in the form at `url` as a browser does: its CSRF token comes from
+    the page. Posts to `target` (default: `url`) and does not follow redirects."""
+    form = browser.get(url)
+    trust_secure_cookies_on_loopback(browser)
+    response = browser.post(
+        target or url,
+        data={**fields, "csrf_token": csrf_token(form.text)},
+        allow_redirects=False,
+    )
+    trust_secure_cookies_on_loopback(browser)
+    return response
+
+
 def log_in(server: Server, email: str, password: str = PASSWORD) -> requests.Session:
     """Log in through the form, as a browser does; the session holds the cookie."""
     browser = requests.Session()
-    form = browser.get(f"{server.url}/auth/login")
-    trust_secure_cookies_on_loopback(browser)
-    response = browser.post(
-        f"{server.url}/auth/login",
-        data={
-            "email": email,
-            "password": password,
-            "csrf_token": csrf_token(form.text),
-        },
-        allow_redirects=False,
-    )
+    fields = {"email": email, "password": password}
+    response = submit_form(browser, f"{server.url}/auth/login", fields)
     assert response.status_code == 302, response.text
-    trust_secure_cookies_on_loopback(browser)
     return browser
 
 

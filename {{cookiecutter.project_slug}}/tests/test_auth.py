@@ -2,7 +2,7 @@
 
 import requests
 
-from .conftest import PASSWORD, bearer_token, csrf_token, log_in, run_flask
+from .conftest import PASSWORD, bearer_token, log_in, run_flask, submit_form
 
 
 def test_users_create_refuses_a_duplicate_with_one_line(migrated, alice):
@@ -41,34 +41,20 @@ def test_demo_page_has_the_contract_ids(server, alice):
 
 def test_register_creates_an_account_and_logs_in(server):
     browser = requests.Session()
-    form = browser.get(f"{server.url}/auth/register")
-    response = browser.post(
-        f"{server.url}/auth/register",
-        data={
-            "email": "New.User@Example.com",
-            "password": PASSWORD,
-            "confirm": PASSWORD,
-            "csrf_token": csrf_token(form.text),
-        },
-        allow_redirects=False,
-    )
+    fields = {
+        "email": "New.User@Example.com",
+        "password": PASSWORD,
+        "confirm": PASSWORD,
+    }
+    response = submit_form(browser, f"{server.url}/auth/register", fields)
     assert response.status_code == 302
     assert browser.get(f"{server.url}/").status_code == 200
     assert bearer_token(server, "new.user@example.com")
 
 
 def test_register_refuses_a_taken_email(server, alice):
-    browser = requests.Session()
-    form = browser.get(f"{server.url}/auth/register")
-    response = browser.post(
-        f"{server.url}/auth/register",
-        data={
-            "email": alice,
-            "password": PASSWORD,
-            "confirm": PASSWORD,
-            "csrf_token": csrf_token(form.text),
-        },
-    )
+    fields = {"email": alice, "password": PASSWORD, "confirm": PASSWORD}
+    response = submit_form(requests.Session(), f"{server.url}/auth/register", fields)
     assert response.status_code == 400
     assert f"A user with the email {alice} already exists." in response.text
 
@@ -83,28 +69,18 @@ def test_login_without_csrf_token_is_refused(server, alice):
 
 
 def test_login_with_a_wrong_password_is_refused(server, alice):
-    browser = requests.Session()
-    form = browser.get(f"{server.url}/auth/login")
-    response = browser.post(
-        f"{server.url}/auth/login",
-        data={"email": alice, "password": "wrong", "csrf_token": csrf_token(form.text)},
-        allow_redirects=False,
-    )
+    fields = {"email": alice, "password": "wrong"}
+    response = submit_form(requests.Session(), f"{server.url}/auth/login", fields)
     assert response.status_code == 400
     assert "Wrong email or password." in response.text
 
 
 def test_login_never_redirects_to_another_site(server, alice):
-    browser = requests.Session()
-    form = browser.get(f"{server.url}/auth/login")
-    response = browser.post(
-        f"{server.url}/auth/login?next=//evil.test/",
-        data={
-            "email": alice,
-            "password": PASSWORD,
-            "csrf_token": csrf_token(form.text),
-        },
-        allow_redirects=False,
+    response = submit_form(
+        requests.Session(),
+        f"{server.url}/auth/login",
+        {"email": alice, "password": PASSWORD},
+        target=f"{server.url}/auth/login?next=//evil.test/",
     )
     assert response.headers["Location"] == "/"
 
