@@ -159,21 +159,17 @@ class _Reader:
         return default if value is None else value.strip()
 
     def integer(self, name: str, default: int, minimum: int) -> int:
-        raw = self.str(name, str(default))
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-        if value < minimum:
-            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-        return value
+        return self._number(name, default, minimum, int, "a whole number")
 
     def number(self, name: str, default: float, minimum: float) -> float:
+        return self._number(name, default, minimum, float, "a number")
+
+    def _number(self, name, default, minimum, convert, kind):
         raw = self.str(name, str(default))
         try:
-            value = float(raw)
+            value = convert(raw)
         except ValueError:
-            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+            raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
         return value
