@@ -19,7 +19,12 @@ from flask_sock import Sock
 
 app = Flask(__name__)
 sock = Sock(app)
-redis_client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1"))
+# redis-py's pool stops at 100 connections by default (MaxConnectionsError, and
+# Flask's error page written onto the open socket); a subscription per socket
+# needs one connection each.
+redis_client = redis.Redis.from_url(
+    os.environ.get("REDIS_URL", "redis://127.0.0.1"), max_connections=20000
+)
 
 
 @sock.route("/echo")

@@ -102,57 +102,75 @@ async def measure(arguments, loadtest) -> dict:
     )
     sockets = [ws for ws in opened if ws is not None]
     if len(sockets) < 2:
-        return {"failures": failures, "subscribers": 0}
+        return {"failures": failures, "subscribers": 0, "asked": arguments.subscribers}
+
+    listening = Listening(len(sockets) - 1)
     sender, subscribers = sockets[0], sockets[1:]
+    tasks = [asyncio.create_task(listening.listen(ws)) for ws in subscribers]
+    # The sender hears the chat too; reading keeps its buffer empty.
+    tasks.append(asyncio.create_task(listening.drain(sender)))
+    report = {"asked": arguments.subscribers, "subscribers": len(subscribers)}
+    try:
+        report.update(await timed_messages(arguments, sender, listening, loadtest))
+    except Exception as error:  # the sender's socket failed: say how
+        report["error"] = loadtest.failure_reason(error, "sending")
+    for task in tasks:
+        task.cancel()
+    await loadtest.gather_limited(
+        (loadtest.close_quietly(ws) for ws in sockets), plan.concurrency
+    )
+    report["failures"] = failures
+    return report
 
-    # Each subscriber notes when it first hears each label.
-    heard: dict[str, list[float]] = {}
-    wanted = len(subscribers)
-    everyone_heard: dict[str, asyncio.Event] = {}
 
-    async def listen(ws) -> None:
+class Listening:
+    """When each subscriber first heard each label."""
+
+    def __init__(self, subscribers: int) -> None:
+        self.subscribers = subscribers
+        self.heard: dict[str, list[float]] = {}
+        self.everyone_heard: dict[str, asyncio.Event] = {}
+
+    def expect(self, label: str) -> None:
+        self.heard[label] = []
+        self.everyone_heard[label] = asyncio.Event()
+
+    async def listen(self, ws) -> None:
         seen = set()
         try:
             while True:
                 text = await ws.recv()
                 now = time.perf_counter()
-                for label, times in heard.items():
+                for label, times in self.heard.items():
                     if label in text and label not in seen:
                         seen.add(label)
                         times.append(now)
-                        if len(times) == wanted:
-                            everyone_heard[label].set()
+                        if len(times) == self.subscribers:
+                            self.everyone_heard[label].set()
         except Exception:  # closed: it hears nothing more
             return
 
-    def expect(label: str) -> None:
-        heard[label] = []
-        everyone_heard[label] = asyncio.Event()
-
-    async def drain_sender() -> None:
-        # The sender hears the chat too; reading keeps its buffer empty.
-        try:
+    @staticmethod
+    async def drain(ws) -> None:
+        with contextlib.suppress(Exception):
             while True:
-                await sender.recv()
-        except Exception:
-            return
+                await ws.recv()
 
-    listeners = [asyncio.create_task(listen(ws)) for ws in subscribers]
-    drainer = asyncio.create_task(drain_sender())
 
-    # Joining: a subscriber may not be subscribed yet when its 101 arrives,
-    # so send until all have heard one joining message (each a new label).
-    joined = set()
+async def timed_messages(arguments, sender, listening: Listening, loadtest) -> dict:
+    """Join every subscriber, then time each message to every one of them."""
+    # A subscriber may not be subscribed yet when its 101 arrives, so send
+    # until all have heard one joining message (each a new label).
+    joined = 0
     join_deadline = time.monotonic() + JOIN_SECONDS
-    while time.monotonic() < join_deadline:
+    while time.monotonic() < join_deadline and joined < listening.subscribers:
         label = f"join-{secrets.token_hex(4)}"
-        expect(label)
+        listening.expect(label)
         await sender.send(json.dumps({"text": label}))
         await asyncio.sleep(1)
-        for join_label in [name for name in heard if name.startswith("join-")]:
-            joined.add(len(heard[join_label]))
-        if max(joined) == wanted:
-            break
+        joined = max(
+            len(times) for name, times in listening.heard.items() if "join-" in name
+        )
     await asyncio.sleep(1)
 
     spread = {}
@@ -162,40 +180,36 @@ async def measure(arguments, loadtest) -> dict:
     messages = []
     for number in range(arguments.messages):
         label = f"fanout-{number}-{secrets.token_hex(4)}"
-        expect(label)
+        listening.expect(label)
         started = time.perf_counter()
         await sender.send(json.dumps({"text": label}))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(everyone_heard[label].wait(), arguments.timeout)
-        arrivals = sorted((moment - started) * 1000 for moment in heard[label])
+            await asyncio.wait_for(
+                listening.everyone_heard[label].wait(), arguments.timeout
+            )
+        arrivals = sorted(
+            (moment - started) * 1000 for moment in listening.heard[label]
+        )
+        complete = len(arrivals) == listening.subscribers
         messages.append(
             {
                 "reached": len(arrivals),
-                "all_ms": arrivals[-1] if len(arrivals) == wanted else None,
+                "all_ms": arrivals[-1] if complete else None,
                 "p50_ms": loadtest.percentile(arrivals, 0.5),
                 "p99_ms": loadtest.percentile(arrivals, 0.99),
             }
         )
         await asyncio.sleep(PAUSE_SECONDS)
 
-    for task in [*listeners, drainer]:
-        task.cancel()
-    await loadtest.gather_limited(
-        (loadtest.close_quietly(ws) for ws in sockets), plan.concurrency
-    )
     complete = [m["all_ms"] for m in messages if m["all_ms"] is not None]
+    middles = [m["p50_ms"] for m in messages if m["p50_ms"] is not None]
     return {
-        "asked": arguments.subscribers,
-        "subscribers": wanted,
-        "failures": failures,
-        "joined": max(joined) if joined else 0,
+        "joined": joined,
         "per_worker": list(spread.values()),
         "messages": messages,
         "reached_min": min((m["reached"] for m in messages), default=0),
         "all_ms_median": statistics.median(complete) if complete else None,
-        "p50_ms_median": statistics.median(m["p50_ms"] for m in messages)
-        if messages and all(m["p50_ms"] is not None for m in messages)
-        else None,
+        "p50_ms_median": statistics.median(middles) if middles else None,
     }
 
 

@@ -663,6 +663,8 @@ def fanout_table(results: dict) -> list[str]:
         for row in rows:
             report = row["report"]
             reached = f"{report.get('reached_min', 0):,} of {report.get('asked', 0):,}"
+            if report.get("error"):
+                reached += f" (the sender's socket: {report['error']})"
             spread = " + ".join(str(n) for n in report.get("per_worker", [])) or "–"
             lines.append(
                 f"| {worker_class} | {LABELS[row['target']]} | {reached} | {spread} "
