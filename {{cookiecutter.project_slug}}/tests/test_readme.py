@@ -184,6 +184,20 @@ def dry_run_make(words: list[str], walk: Walkthrough) -> None:
     run(["make", "-n", *words[1:]], walk.environ())
 
 
+def run_loadtest(words: list[str], walk: Walkthrough) -> None:
+    """The load tool against the running server, with a few sockets held for a
+    moment; the password a user would type comes from LOADTEST_PASSWORD."""
+    assert walk.server, "the README shows the load tool before it shows how to serve"
+    address = walk.server_url.removeprefix("http://")
+    words = [word.replace(README_ADDRESS, address) for word in words]
+    for option, small in (("-n", "5"), ("--hold", "1")):
+        if option in words:
+            words[words.index(option) + 1] = small
+    email = words[words.index("--user") + 1]
+    assert email in walk.users, f"the README never creates the user {email}"
+    run(words, walk.environ(LOADTEST_PASSWORD=walk.users[email]))
+
+
 COMMANDS: dict[tuple[str, ...], Callable[[list[str], Walkthrough], None]] = {
     ("python", "-m", "pip", "install", "-e", ".[dev]"): check_installed_here,
     ("flask", "--app", PACKAGE, "db", "upgrade"): run_with_test_settings,
@@ -192,6 +206,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[list[str], Walkthrough], None]] = {
     ("make",): dry_run_make,
     ("ruff", "check"): run_with_test_settings,
     ("ruff", "format", "--check"): run_with_test_settings,
+    ("python", "scripts/loadtest.py"): run_loadtest,
 }
 
 
