@@ -501,6 +501,20 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, of which this process and
+    the children it has waited for), to tell others' share of a run."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    ticks = [int(value) for value in fields[:8]]
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    own = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        own += usage.ru_utime + usage.ru_stime
+    return busy, own
+
+
 def machine() -> dict:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -806,8 +820,15 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         f"| CPU | {info['cpu']}, {info['cores']} cores |",
         f"| memory | {info['memory_gib']} GiB |",
         f"| system | {info['system']} |",
-        f"| load average (1 min) | {results['load_before']:.2f} before, "
-        f"{results['load_after']:.2f} after |",
+        f"| load average (1 min) | {results['load_before']:.2f} before the run |",
+        *(
+            [
+                f"| other work | {results['others_cpu_share']:.0%} of the machine's "
+                "CPU went to processes other than the run's during it |"
+            ]
+            if "others_cpu_share" in results
+            else []
+        ),
         "| versions | "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
         + " |",
@@ -952,6 +973,7 @@ def main() -> int:
         "variants": {},
     }
     say(f"working in {workdir}; load average {results['load_before']:.2f}")
+    busy_before, own_before = busy_cpu_seconds()
     try:
         bakes = {}
         for worker_class in classes:
@@ -977,6 +999,10 @@ def main() -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     results["load_after"] = load_average()
+    busy_after, own_after = busy_cpu_seconds()
+    elapsed = time.monotonic() - started
+    others = (busy_after - busy_before) - (own_after - own_before)
+    results["others_cpu_share"] = max(0.0, others / (elapsed * os.cpu_count()))
     results["minutes"] = (time.monotonic() - started) / 60
     (output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_chart(results, output / "latency.png")
@@ -999,13 +1025,18 @@ def notes(results: dict) -> list[str]:
     """What the figures say about their own limits, in sentences."""
     cores = results["machine"]["cores"]
     lines = []
-    if results["load_before"] > 0.5:
+    others = results.get("others_cpu_share")
+    if results["load_before"] > 0.5 or (others or 0) > 0.05:
+        during = (
+            f", and other processes used {others:.0%} of its CPU during the run"
+            if others is not None
+            else ""
+        )
         lines.append(
             f"- **Other work.** The load average was {results['load_before']:.1f} "
-            f"before the run and {results['load_after']:.1f} after, on "
-            f"{cores} cores: other processes took part of the CPU, so absolute "
-            "figures are lower than on a quiet machine, and the ratios, taken "
-            "minutes apart, carry that noise."
+            f"before the run on {cores} cores{during}: absolute figures are lower "
+            "than on a quiet machine, and ratios taken minutes apart carry that "
+            "noise."
         )
     for worker_class, section in results["variants"].items():
         lines += echo_notes(worker_class, section["echo"], cores)
