@@ -1,7 +1,10 @@
 """/ws/chat: what one client says, every chat client receives."""
 
 import json
+import threading
 import time
+from collections import Counter
+from contextlib import ExitStack
 
 import pytest
 
@@ -44,6 +47,43 @@ def test_malformed_message_gets_an_error_and_the_socket_stays_open(
         assert json.loads(ws.recv(timeout=5)) == {"type": "error", "error": error}
         ws.send(json.dumps({"text": "still here"}))
         assert json.loads(ws.recv(timeout=5))["text"] == "still here"
+
+
+def test_every_frame_arrives_whole_while_deliveries_and_replies_race(server, alice):
+    """Three clients flood the chat while the fourth draws error replies from
+    its own handler: it gets every message, each frame whole. (A race is rare
+    at this size; test_connections.py pins the one-writer rule itself.)"""
+    token = bearer_token(server, alice)
+    per_sender = 50
+    with ExitStack() as stack:
+        clients = [
+            stack.enter_context(open_socket(server, "/ws/chat", token=token))
+            for _ in range(4)
+        ]
+        join_chat(*clients)
+        receiver, senders = clients[0], clients[1:]
+
+        def flood(ws, number):
+            for count in range(per_sender):
+                ws.send(json.dumps({"text": f"sender {number} message {count}"}))
+
+        threads = [
+            threading.Thread(target=flood, args=(ws, number))
+            for number, ws in enumerate(senders)
+        ]
+        for thread in threads:
+            thread.start()
+        for _ in range(per_sender):
+            receiver.send("not json")
+        for thread in threads:
+            thread.join()
+
+        kinds = Counter()
+        while sum(kinds.values()) < per_sender * (len(senders) + 1):
+            kinds[json.loads(receiver.recv(timeout=10))["type"]] += 1
+        assert kinds == {"message": per_sender * len(senders), "error": per_sender}
+
+
 {%- if cookiecutter.broadcast == "memory" %}
 
 
