@@ -1107,12 +1107,31 @@ def capacity_notes(worker_class: str, rows: list[dict]) -> list[str]:
         )
     by_key = {(r["target"], r["compression"]): r["report"] for r in rows}
     off, on = by_key.get(("nginx", "off")), by_key.get(("nginx", "on"))
+    base = by_key.get(("baseline", "off"))
+    if off and base and opening_rate(off) and opening_rate(base):
+        lines.append(
+            f"- **{worker_class}, opening sockets.** The service opened "
+            f"{opening_rate(off):,.0f} a second through nginx, the baseline "
+            f"{opening_rate(base):,.0f} (the client asks for up to 1,000): each "
+            "of the service's handshakes checks the Origin and the bearer "
+            "token, loads the user from the database and logs a line, before "
+            "the upgrade."
+            + (
+                " The baseline's rate is low because its handshakes beyond "
+                "the threads wait in gthread's queue until they time out."
+                if first_failure(base).startswith("timeout")
+                else ""
+            )
+        )
     if off and on and kilobytes(off) is not None and kilobytes(on) is not None:
         lines.append(
             f"- **{worker_class}, memory.** An idle socket costs the service "
             f"{kilobytes(off):.1f} KB without permessage-deflate and "
             f"{kilobytes(on):.1f} KB with it: zlib keeps a compressor and a "
-            "decompressor for each socket for as long as it lives. nginx adds "
+            "decompressor for each socket for as long as it lives. Beyond the "
+            "baseline's, the service keeps for each socket its request's context "
+            "(the loaded user, the session) and a lock and registry entry of its "
+            "own. nginx adds "
             f"about {number(kilobytes(off, 'proxy'), 1, ' KB')} per socket of "
             "its own."
         )
