@@ -799,11 +799,14 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         "The generated service against a baseline, measured in one run on one "
         "machine. The baseline is Flask-Sock's tutorial echo app "
         "([baseline_app.py](baseline_app.py)) under gunicorn with the same "
-        "settings, without nginx. **nginx** is the generated service behind the "
-        "generated nginx configuration, the way it is deployed; **app** is the "
+        "settings, without nginx. **Service via nginx** is the generated "
+        "service (`broadcast = redis`) behind the generated nginx "
+        "configuration, the way it is deployed; **service, direct** is the "
         "same service straight from gunicorn, to tell nginx's share from the "
         "app's. Every figure has its ratio to the baseline's: above ×1 means "
-        "more (round trips, sockets, memory) or slower (latency).",
+        "more (round trips, sockets, memory) or slower (latency). The raw "
+        "reports are in results.json; `python benchmarks/run.py --report-only "
+        "benchmarks/results.json` writes this page and the chart again.",
         "",
         f"Command: `{results['command']}` · {results['date']} · template "
         f"{results['commit']} · {results['minutes']:.0f} minutes"
