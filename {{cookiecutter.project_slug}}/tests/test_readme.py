@@ -11,7 +11,6 @@ import json
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from .conftest import (
     clean_environ,
     free_port,
     require,
+    stop_process,
 )
 
 README = PROJECT_ROOT / "README.md"
@@ -85,13 +85,8 @@ class Walkthrough:
         return clean_environ(**self.settings, **extra)
 
     def stop(self) -> None:
-        if self.server and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        if self.server:
+            stop_process(self.server, timeout=40)
 
 
 def executable(words: list[str]) -> list[str]:
