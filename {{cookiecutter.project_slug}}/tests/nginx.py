@@ -1,5 +1,8 @@
 """nginx in front of the test gunicorn, from the very files compose.yaml uses.
 
+Self-contained (no import of conftest): the template's own tests load this
+file on its own to render the config for gixy.
+
 In a container, the official nginx image renders
 deploy/nginx/templates/default.conf.template with envsubst and runs
 deploy/nginx/nginx.conf. Here the same two files run on loopback with the
@@ -11,13 +14,12 @@ the static folder.
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-from .conftest import free_port, stop_process
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = PROJECT_ROOT / "deploy" / "nginx"
@@ -77,6 +79,12 @@ def replace_once(text: str, pattern: str, replacement: str) -> str:
     if count != 1:
         raise AssertionError(f"expected one match of {pattern!r}, found {count}")
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def mime_types_path(nginx: str) -> str | None:
@@ -192,7 +200,13 @@ class Nginx:
         return "".join(path.read_text() for path in parts if path.exists())
 
     def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            # SIGTERM: fast shutdown, without waiting for open sockets.
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         if self.process:
-            # SIGTERM: nginx's fast shutdown, without waiting for open sockets.
-            stop_process(self.process, timeout=10)
             self._output.close()
