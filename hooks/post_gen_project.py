@@ -33,6 +33,8 @@ UNWANTED_PATHS = {
         f"src/{ANSWERS['package_name']}/realtime/redis_hub.py",
         "tests/test_redis.py",
     ],
+    # It stops and restarts a PostgreSQL of its own.
+    ("database", "sqlite"): ["tests/test_database_down.py"],
 }
 
 

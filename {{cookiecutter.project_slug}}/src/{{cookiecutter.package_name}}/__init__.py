@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Flask
 
 from .config import Settings
+from .errors import register_error_handlers
 from .extensions import csrf, db, login_manager, migrate, sock
 from .proxy import trust_forwarded_headers
 
@@ -29,6 +30,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     register_extensions(app)
     register_blueprints(app)
     register_commands(app)
+    register_error_handlers(app)
     trust_forwarded_headers(app)
     return app
 
