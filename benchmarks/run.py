@@ -254,6 +254,10 @@ class Variant:
             "WEB_CONCURRENCY": str(WORKERS),
             "GUNICORN_THREADS": str(THREADS),
             "GUNICORN_WORKER_CONNECTIONS": str(WORKER_CONNECTIONS),
+            # Every socket of a run is the one user's, and the fan-out's
+            # publisher sends as fast as it can: lift both limits.
+            "WS_MAX_SOCKETS_PER_USER": "1000000",
+            "WS_MAX_MESSAGES_PER_SECOND": "1000000",
         }
         flask = [bake.bin("flask"), "--app", bake.package]
         env = clean_environ(**self.settings)
@@ -284,12 +288,12 @@ class Variant:
         )
         return service.wait_until_listening()
 
-    def app(self) -> Service:
+    def app(self, compression: str = "off") -> Service:
         command = [
             self.bake.bin("gunicorn"),
             *("-c", "gunicorn.conf.py", "--bind", "127.0.0.1:{port}"),
         ]
-        env = clean_environ(**self.settings)
+        env = clean_environ(**self.settings, WS_COMPRESSION=compression)
         service = Service(
             f"app-{self.worker_class}", command, self.bake.root, env, self.logs
         )
@@ -427,7 +431,7 @@ def measure_capacity(variant: Variant, scale: Scale) -> list[dict]:
                     server = stack.start(variant.baseline())
                     url, proxy = f"ws://127.0.0.1:{server.port}/echo", None
                 else:
-                    server = stack.start(variant.app())
+                    server = stack.start(variant.app(compression))
                     proxy = stack.start(variant.nginx(server))
                     url = f"ws://127.0.0.1:{proxy.port}/ws/echo"
                 report = loadtest(

@@ -31,6 +31,7 @@ UNWANTED_PATHS = {
     ("ci", "none"): [".github"],
     ("broadcast", "memory"): [
         f"src/{ANSWERS['package_name']}/realtime/redis_hub.py",
+        f"src/{ANSWERS['package_name']}/realtime/redis_user_sockets.py",
         "tests/test_redis.py",
     ],
     # It stops and restarts a PostgreSQL of its own.

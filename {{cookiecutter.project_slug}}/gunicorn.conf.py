@@ -6,7 +6,12 @@ https://docs.gunicorn.org/en/stable/settings.html
 """
 
 import signal
+{%- if cookiecutter.worker_class == "gthread" %}
 import threading
+{%- else %}
+
+import gevent
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.config import Settings
 
@@ -90,11 +95,33 @@ def post_worker_init(worker):
 {%- endif %}
 
     def close_sockets_then_stop(signum, frame):
-        # Sending blocks; a signal handler must not, so a thread sends.
+{%- if cookiecutter.worker_class == "gevent" %}
+        # A signal handler runs in gevent's hub, which must not wait (starting
+        # a thread waits: BlockingSwitchOutError, exit code 255); a greenlet
+        # closes the sockets instead, as gunicorn's own gevent handlers do.
+        gevent.spawn(open_connections.close_all)
+{%- else %}
+        # Closing takes locks that a handler may hold; a signal handler must
+        # not wait for them, so a thread closes the sockets.
         threading.Thread(target=open_connections.close_all, daemon=True).start()
+{%- endif %}
         stop(signum, frame)
 
     signal.signal(signal.SIGTERM, close_sockets_then_stop)
+{%- if cookiecutter.broadcast == "redis" %}
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#child-exit
+def child_exit(server, worker):
+    """A worker that exited (or crashed) holds no sockets any more: stop
+    counting them against WS_MAX_SOCKETS_PER_USER at once."""
+    from {{ cookiecutter.package_name }}.realtime.redis_user_sockets import forget_worker
+
+    try:
+        forget_worker(settings.redis_url, worker.pid)
+    except Exception as error:  # Redis down: its count expires on its own
+        server.log.warning("could not forget worker %s in Redis: %s", worker.pid, error)
+{%- endif %}
 {%- if cookiecutter.broadcast == "memory" %}
 
 

@@ -5,6 +5,8 @@ Tests that need something a machine may lack skip with the reason; with
 REQUIRE_ALL=1 (set by CI) they fail instead.
 """
 
+import base64
+import contextlib
 import json
 import os
 import re
@@ -12,9 +14,11 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,6 +58,17 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call":
         item.stash[CALL_FAILED] = report.failed
     return report
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str):
+    """Poll `condition` until it is true (and return it), or fail after
+    `timeout` seconds saying `what` did not happen."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+    return result
 
 
 def free_port() -> int:
@@ -210,6 +225,16 @@ def migrated(settings) -> dict:
     return settings
 
 
+# One worker of 4 threads (gthread) or 4 connections (gevent): 2 are kept for
+# HTTP, so it admits 2 sockets.
+SMALL_WORKER = {
+    "WEB_CONCURRENCY": "1",
+    "GUNICORN_THREADS": "4",
+    "GUNICORN_WORKER_CONNECTIONS": "4",
+}
+SMALL_WORKER_SOCKETS = 2
+
+
 class Server:
     """gunicorn, started from gunicorn.conf.py in a subprocess on a free port
     (or on `port`, to stand in for a server that was stopped)."""
@@ -256,6 +281,20 @@ class Server:
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text()
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers: the master's children."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(child) for child in children.split()]
+
+    def workers_memory(self) -> int:
+        """Resident memory of every worker together, in bytes."""
+        total = 0
+        for pid in self.worker_pids():
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+        return total * 1024
 
     def stop(self) -> None:
         stop_process(self.process, timeout=40)  # above graceful_timeout (30 s)
@@ -385,8 +424,11 @@ def cookie_header(browser: requests.Session) -> str:
     return "; ".join(f"{name}={value}" for name, value in browser.cookies.items())
 
 
-def open_socket(server: Server, path: str, *, token=None, browser=None, origin=None):
-    """A WebSocket to `path`, authenticated by a bearer token or a browser's cookie.
+def open_socket(
+    server: Server, path: str, *, token=None, browser=None, origin=None, **options
+):
+    """A WebSocket to `path`, authenticated by a bearer token or a browser's cookie;
+    `options` go to websockets' `connect`.
 
     Raises websockets.exceptions.InvalidStatus when the handshake is refused.
     """
@@ -400,9 +442,7 @@ def open_socket(server: Server, path: str, *, token=None, browser=None, origin=N
         f"{server.ws_url}{path}",
         additional_headers=headers,
         origin=origin,
-        open_timeout=10,
-        close_timeout=5,
-        max_size=None,
+        **{"open_timeout": 10, "close_timeout": 5, "max_size": None, **options},
     )
 
 
@@ -429,3 +469,112 @@ def join_chat(*sockets) -> None:
                 ws.recv(timeout=0.3)
             except TimeoutError:
                 break
+
+
+class RawWebSocket:
+    """A WebSocket client spoken by hand over TCP, for what a client library
+    will not do: stop reading, send malformed frames, vanish mid-stream.
+    https://www.rfc-editor.org/rfc/rfc6455#section-5.2
+    """
+
+    TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+    def __init__(
+        self,
+        server: Server,
+        path: str,
+        token: str,
+        *,
+        receive_buffer: int | None = None,
+        headers: dict | None = None,
+    ) -> None:
+        self.sock = socket.socket()
+        if receive_buffer:
+            # Before connecting, so the window the server sees is small too.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{server.port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            f"Authorization: Bearer {token}",
+            *(f"{name}: {value}" for name, value in (headers or {}).items()),
+        ]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self._buffer = b""
+        head = self._read_until(b"\r\n\r\n").decode("latin-1")
+        status_line, *header_lines = head.split("\r\n")
+        self.status = int(status_line.split()[1])
+        self.headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in header_lines)
+        }
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self._buffer += chunk
+        head, self._buffer = self._buffer.split(marker, 1)
+        return head
+
+    def _read_exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            chunk = self.sock.recv(max(65536, size - len(self._buffer)))
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def send_frame(
+        self, opcode: int, payload: bytes, *, rsv1: bool = False, masked: bool = True
+    ) -> None:
+        """One whole frame; clients must mask theirs (masked=False is a
+        protocol error, on purpose)."""
+        first = 0x80 | (0x40 if rsv1 else 0) | opcode
+        mask_bit = 0x80 if masked else 0
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", first, mask_bit | size)
+        elif size < 1 << 16:
+            header = struct.pack("!BBH", first, mask_bit | 126, size)
+        else:
+            header = struct.pack("!BBQ", first, mask_bit | 127, size)
+        if masked:
+            # A zero key leaves the payload as it is; servers do not check keys.
+            header += bytes(4)
+        self.sock.sendall(header + payload)
+
+    def recv_frame(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the server's next frame."""
+        first, second = self._read_exactly(2)
+        size = second & 0x7F
+        if size == 126:
+            (size,) = struct.unpack("!H", self._read_exactly(2))
+        elif size == 127:
+            (size,) = struct.unpack("!Q", self._read_exactly(8))
+        return first & 0x0F, self._read_exactly(size)
+
+    def messages_until_close(self) -> tuple[list[bytes], int]:
+        """Every data frame the server still sends, then its close code; the
+        close is answered, as a client should."""
+        messages = []
+        while True:
+            opcode, payload = self.recv_frame()
+            if opcode == self.CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if payload else 1005
+                with contextlib.suppress(OSError):
+                    self.send_frame(self.CLOSE, payload[:2])
+                return messages, code
+            if opcode in (self.TEXT, self.BINARY):
+                messages.append(payload)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -7,10 +7,14 @@ from flask_login import login_required
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.extensions import sock
 from {{ cookiecutter.package_name }}.realtime.connections import websocket_handler
-from {{ cookiecutter.package_name }}.realtime.guards import require_login_before_handshake
+from {{ cookiecutter.package_name }}.realtime.guards import (
+    admit_handshake,
+    release_places,
+)
 
 bp = Blueprint("session_writer", __name__)
-bp.before_request(require_login_before_handshake)
+bp.before_request(admit_handshake)
+bp.teardown_request(release_places)
 
 
 @sock.route("/ws/session-writer", bp=bp)

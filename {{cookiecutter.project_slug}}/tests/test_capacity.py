@@ -7,16 +7,7 @@ import pytest
 import requests
 from websockets.exceptions import InvalidStatus
 
-from .conftest import bearer_token, open_socket
-
-# One worker of 4 threads (gthread) or 4 connections (gevent): 2 are kept for
-# HTTP, so it admits 2 sockets.
-SMALL_WORKER = {
-    "WEB_CONCURRENCY": "1",
-    "GUNICORN_THREADS": "4",
-    "GUNICORN_WORKER_CONNECTIONS": "4",
-}
-ADMITTED = 2
+from .conftest import SMALL_WORKER, SMALL_WORKER_SOCKETS, bearer_token, open_socket
 
 
 def test_handshake_over_capacity_gets_503_at_once_while_healthz_answers(
@@ -25,7 +16,7 @@ def test_handshake_over_capacity_gets_503_at_once_while_healthz_answers(
     server = start_server(**SMALL_WORKER)
     token = bearer_token(server, alice)
     with ExitStack() as stack:
-        for _ in range(ADMITTED):
+        for _ in range(SMALL_WORKER_SOCKETS):
             stack.enter_context(open_socket(server, "/ws/echo", token=token))
 
         started = time.monotonic()

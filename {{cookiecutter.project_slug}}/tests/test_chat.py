@@ -37,7 +37,16 @@ def test_message_reaches_every_chat_client(server, alice, bob):
         ('{"text": 5}', EXPECTED),
         ('{"text": "   "}', "text is empty"),
         (b"\x00binary", f"binary messages are not accepted; {EXPECTED}"),
+        (b"\xff\xfe not UTF-8", f"binary messages are not accepted; {EXPECTED}"),
+        ("[" * 30_000 + "]" * 30_000, f"not JSON; {EXPECTED}"),
+        ('{"a": ' * 8_000 + "1" + "}" * 8_000, f"not JSON; {EXPECTED}"),
+        ('{"text": ' + "9" * 5_000 + "}", f"not JSON; {EXPECTED}"),
+        ('{"text": "' + "é" * 30_000, f"not JSON; {EXPECTED}"),
+        ('\ufeff{"text": "hi"}', f"not JSON; {EXPECTED}"),
+        ("null", EXPECTED),
+        ('{"text": ["hi"]}', EXPECTED),
     ],
+    ids=lambda value: repr(value)[:30],
 )
 def test_malformed_message_gets_an_error_and_the_socket_stays_open(
     server, alice, sent, error
@@ -49,15 +58,27 @@ def test_malformed_message_gets_an_error_and_the_socket_stays_open(
         assert json.loads(ws.recv(timeout=5))["text"] == "still here"
 
 
+def test_any_json_string_is_relayed_as_it_was_sent(server, alice):
+    with open_socket(server, "/ws/chat", token=bearer_token(server, alice)) as ws:
+        ws.send('{"text": "\\ud800 \\u0000 <b>bold</b>"}')
+        assert json.loads(ws.recv(timeout=5))["text"] == "\ud800 \x00 <b>bold</b>"
+
+
 def test_every_frame_arrives_whole_while_deliveries_and_replies_race(server, alice):
     """Three clients flood the chat while the fourth draws error replies from
     its own handler: it gets every message, each frame whole. (A race is rare
     at this size; test_connections.py pins the one-writer rule itself.)"""
     token = bearer_token(server, alice)
-    per_sender = 50
+    # Within the burst that WS_MAX_MESSAGES_PER_SECOND (20) lets a socket send
+    # at once, after the message that joins the chat.
+    per_sender = 15
     with ExitStack() as stack:
+        # The senders never read what comes back: with no queue limit their
+        # client keeps taking it, and their close is answered at once.
         clients = [
-            stack.enter_context(open_socket(server, "/ws/chat", token=token))
+            stack.enter_context(
+                open_socket(server, "/ws/chat", token=token, max_queue=None)
+            )
             for _ in range(4)
         ]
         join_chat(*clients)

@@ -67,6 +67,11 @@ def test_flask_command_refuses_too(tmp_path):
             "error: WS_MAX_MESSAGE_SIZE must be a whole number, got '64k'",
         ),
         ("WEB_CONCURRENCY", "0", "error: WEB_CONCURRENCY must be at least 1, got 0"),
+        (
+            "WS_COMPRESSION",
+            "maybe",
+            "error: WS_COMPRESSION must be on or off, got 'maybe'",
+        ),
     ],
 )
 def test_a_wrong_setting_is_one_clear_line(tmp_path, name, value, message):

@@ -39,14 +39,15 @@ def test_oversized_message_closes_with_1009(echo):
     assert closed.value.rcvd.code == 1009
 
 
-def test_open_sockets_do_not_hold_database_connections(server, alice):
+def test_open_sockets_do_not_hold_database_connections(server, alice, bob):
     """More sockets than the database pool has connections (5 + 10 overflow)
-    stay open while the database still answers."""
-    token = bearer_token(server, alice)
+    stay open while the database still answers. Two users: each may hold 10."""
+    tokens = [bearer_token(server, alice), bearer_token(server, bob)]
     with ExitStack() as stack:
         sockets = [
             stack.enter_context(open_socket(server, "/ws/echo", token=token))
-            for _ in range(20)
+            for token in tokens
+            for _ in range(10)
         ]
         for number, ws in enumerate(sockets):
             ws.send(f"socket {number}")

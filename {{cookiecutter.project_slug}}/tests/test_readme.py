@@ -292,6 +292,8 @@ def settings_table() -> dict[str, str]:
 
 def as_written(value) -> str:
     """A setting's value the way the README writes it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, float) and value.is_integer():

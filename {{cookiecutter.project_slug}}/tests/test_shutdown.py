@@ -1,4 +1,5 @@
-"""Stopping the server closes every socket with 1001, so clients reconnect."""
+"""Stopping or reloading the server closes every socket with 1001, so clients
+reconnect, and the workers leave no error behind (either worker class)."""
 
 import signal
 import subprocess
@@ -8,30 +9,68 @@ from contextlib import ExitStack
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import bearer_token, open_socket
+from .conftest import bearer_token, open_socket, wait_until
 
 GRACEFUL_TIMEOUT = 30  # gunicorn.conf.py
+# What gunicorn's log says when a worker fails on its way out.
+SIGNS_OF_TROUBLE = ("Traceback", "Exception in worker process", "exited with code")
+
+
+def open_sockets(stack: ExitStack, server, token: str) -> list:
+    return [
+        stack.enter_context(open_socket(server, path, token=token))
+        for path in ("/ws/echo", "/ws/echo", "/ws/chat")
+    ]
+
+
+def assert_closed_with_1001_at_once(sockets: list) -> None:
+    started = time.monotonic()
+    for ws in sockets:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1001
+        assert closed.value.rcvd.reason == "server shutting down"
+    # At once, not after graceful_timeout (30 s).
+    assert time.monotonic() - started < 10
+
+
+def assert_no_trouble(log: str) -> None:
+    found = [sign for sign in SIGNS_OF_TROUBLE if sign in log]
+    assert not found, log
 
 
 def test_sigterm_closes_every_open_socket_with_1001(start_server, alice):
     server = start_server()
     token = bearer_token(server, alice)
     with ExitStack() as stack:
-        sockets = [
-            stack.enter_context(open_socket(server, path, token=token))
-            for path in ("/ws/echo", "/ws/echo", "/ws/chat")
-        ]
-        started = time.monotonic()
+        sockets = open_sockets(stack, server, token)
         server.process.send_signal(signal.SIGTERM)
-        for ws in sockets:
-            with pytest.raises(ConnectionClosed) as closed:
-                ws.recv(timeout=10)
-            assert closed.value.rcvd.code == 1001
-            assert closed.value.rcvd.reason == "server shutting down"
-        # At once, not after graceful_timeout (30 s).
-        assert time.monotonic() - started < 10
+        assert_closed_with_1001_at_once(sockets)
     try:
         exit_code = server.process.wait(timeout=GRACEFUL_TIMEOUT + 5)
     except subprocess.TimeoutExpired:
         pytest.fail(f"gunicorn did not stop:\n{server.log()}")
     assert exit_code == 0, server.log()
+    assert_no_trouble(server.log())
+
+
+def test_sighup_replaces_the_workers_and_closes_their_sockets_with_1001(
+    start_server, alice
+):
+    server = start_server()
+    token = bearer_token(server, alice)
+    old_workers = set(server.worker_pids())
+    with ExitStack() as stack:
+        sockets = open_sockets(stack, server, token)
+        server.process.send_signal(signal.SIGHUP)
+        assert_closed_with_1001_at_once(sockets)
+
+    def replaced() -> bool:
+        workers = set(server.worker_pids())
+        return len(workers) == len(old_workers) and not workers & old_workers
+
+    wait_until(replaced, GRACEFUL_TIMEOUT, "new workers in place of the old")
+    with open_socket(server, "/ws/echo", token=token) as ws:
+        ws.send("after the reload")
+        assert ws.recv(timeout=10) == "after the reload"
+    assert_no_trouble(server.log())

@@ -55,6 +55,10 @@ class Settings:
     allowed_origins: tuple[str, ...]
     ws_ping_interval: float
     ws_max_message_size: int
+    ws_compression: bool
+    ws_send_queue_limit: int
+    ws_max_sockets_per_user: int
+    ws_max_messages_per_second: int
     token_max_age: int
     trusted_proxy_count: int
     forwarded_allow_ips: tuple[str, ...]
@@ -98,6 +102,16 @@ class Settings:
             allowed_origins=_origins(env.str("ALLOWED_ORIGINS", "")),
             ws_ping_interval=env.number("WS_PING_INTERVAL", 25, minimum=0),
             ws_max_message_size=env.integer("WS_MAX_MESSAGE_SIZE", 65536, minimum=1),
+            ws_compression=env.on_off("WS_COMPRESSION", False),
+            ws_send_queue_limit=env.integer(
+                "WS_SEND_QUEUE_LIMIT", 1024 * 1024, minimum=1
+            ),
+            ws_max_sockets_per_user=env.integer(
+                "WS_MAX_SOCKETS_PER_USER", 10, minimum=1
+            ),
+            ws_max_messages_per_second=env.integer(
+                "WS_MAX_MESSAGES_PER_SECOND", 20, minimum=1
+            ),
             token_max_age=env.integer("TOKEN_MAX_AGE", 3600, minimum=1),
             trusted_proxy_count=env.integer("TRUSTED_PROXY_COUNT", 0, minimum=0),
             # gunicorn's own default, and the same variable gunicorn reads.
@@ -121,15 +135,23 @@ class Settings:
             "TESTING": self.app_env == "testing",
             "SECRET_KEY": self.secret_key,
             "SQLALCHEMY_DATABASE_URI": database_url,
+{%- if cookiecutter.database == "postgresql" %}
+            "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url),
+{%- else %}
             # Check a pooled connection before use: the database may have
             # restarted since. https://docs.sqlalchemy.org/en/20/core/pooling.html#pool-disconnects
             "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+{%- endif %}
             "REDIS_URL": self.redis_url,
             "ALLOWED_ORIGINS": self.allowed_origins,
             "TOKEN_MAX_AGE": self.token_max_age,
             "TRUSTED_PROXY_COUNT": self.trusted_proxy_count,
             "FORWARDED_ALLOW_IPS": self.forwarded_allow_ips,
             "WEBSOCKETS_PER_WORKER": self.websockets_per_worker,
+            "WS_COMPRESSION": self.ws_compression,
+            "WS_SEND_QUEUE_LIMIT": self.ws_send_queue_limit,
+            "WS_MAX_SOCKETS_PER_USER": self.ws_max_sockets_per_user,
+            "WS_MAX_MESSAGES_PER_SECOND": self.ws_max_messages_per_second,
             # https://flask.palletsprojects.com/en/stable/web-security/#set-cookie-options
             "SESSION_COOKIE_HTTPONLY": True,
             "SESSION_COOKIE_SAMESITE": "Lax",
@@ -174,6 +196,14 @@ class _Reader:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
         return value
 
+    def on_off(self, name: str, default: bool) -> bool:
+        raw = self.str(name, "on" if default else "off")
+        if raw.lower() in ("on", "true", "yes", "1"):
+            return True
+        if raw.lower() in ("off", "false", "no", "0"):
+            return False
+        raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
     def addresses(self, name: str, default: str) -> tuple[str, ...]:
         """IP addresses or networks (CIDR), comma-separated; `*` means any."""
         raw = self.str(name, default)
@@ -213,6 +243,22 @@ def _database_url(value: str) -> str | None:
         if value.startswith(prefix):
             return "postgresql+psycopg://" + value.removeprefix(prefix)
     return value or None
+
+
+{%- if cookiecutter.database == "postgresql" %}
+
+
+def _engine_options(database_url: str) -> dict:
+    # Check a pooled connection before use: the database may have restarted
+    # since. https://docs.sqlalchemy.org/en/20/core/pooling.html#pool-disconnects
+    options: dict = {"pool_pre_ping": True}
+    if database_url.startswith("postgresql"):
+        # A server that does not answer fails a request in seconds (503)
+        # instead of holding its thread for minutes.
+        # https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNECT-CONNECT-TIMEOUT
+        options["connect_args"] = {"connect_timeout": 5}
+    return options
+{%- endif %}
 
 
 def _origins(value: str) -> tuple[str, ...]:

@@ -1,43 +1,127 @@
-"""The sockets this worker holds: one writer at a time on each, a count
+"""The sockets this worker holds: how each one reads, writes and ends, a count
 against the worker's capacity, and a clean close when the worker stops."""
 
 import threading
 from contextlib import suppress
 from functools import wraps
+from logging import Logger
 
 from flask import current_app, request
+from flask_login import current_user
 from simple_websocket import ConnectionClosed
 
+from .outbox import Outbox
+
 # https://www.rfc-editor.org/rfc/rfc6455#section-7.4.1
+NORMAL_CLOSURE = 1000
 GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 SHUTTING_DOWN = "server shutting down"
 
+# Seconds a closing socket waits for its client to take what is queued and
+# answer the close; then the connection is cut. The same as the close timeout
+# of the `websockets` client library.
+CLOSE_TIMEOUT = 10
+
+
+def websocket_reader(target) -> threading.Thread:
+    """The reader thread of every socket: `thread_class` for simple-websocket.
+
+    simple-websocket calls this with its read loop once the handshake is done,
+    before it reads anything from the client. Two things happen here:
+
+    - the socket is wrapped in an `Outbox`, so that no write ever waits for
+      the client (see outbox.py);
+    - when the read loop ends, for whatever reason, a `receive()` that waits
+      is woken once more. simple-websocket 1.1.0 wakes it *before* it marks
+      the socket closed when it refuses a message (1009, too big) or a
+      malformed frame (1002, 1007); the handler then waits forever and never
+      gives back its slot or its thread.
+    """
+    ws = target.__self__
+    outbox = Outbox(ws.sock)
+    ws.sock = outbox
+
+    def read_then_wake() -> None:
+        try:
+            target()
+        finally:
+            ws.connected = False
+            ws.event.set()
+            outbox.close()
+
+    return threading.Thread(target=read_then_wake, daemon=True)
+
 
 class Connection:
-    """A WebSocket whose sends take turns: the handler's own, the hub's
-    deliveries from other threads, and the close at shutdown never interleave
-    their frames."""
+    """A WebSocket as handlers and the hub use it.
 
-    def __init__(self, ws) -> None:
+    Sends take turns (the handler's own, the hub's deliveries from other
+    threads, the close at shutdown), so frames never interleave; none of them
+    waits for the client. A client that falls more than `send_queue_limit`
+    bytes behind is closed with 1008.
+    """
+
+    def __init__(self, ws, user: str, send_queue_limit: int, logger: Logger) -> None:
+        self.user = user
         self._ws = ws
+        self._outbox: Outbox = ws.sock
         self._lock = threading.Lock()
+        self._send_queue_limit = send_queue_limit
+        self._logger = logger
 
-    def receive(self, timeout: float | None = None) -> str | bytes | None:
-        return self._ws.receive(timeout)
+    def receive(self) -> str | bytes:
+        """The next message; raises ConnectionClosed once the socket closes."""
+        return self._ws.receive()
 
     def send(self, data: str | bytes) -> None:
         with self._lock:
-            self._ws.send(data)
+            try:
+                self._ws.send(data)
+            except OSError:
+                self._outbox.abort()
+                raise ConnectionClosed(1006, "connection lost") from None
+            if self._outbox.backlog > self._send_queue_limit:
+                self._close_too_slow()
+                raise ConnectionClosed(POLICY_VIOLATION, "too slow")
 
     def deliver(self, data: str | bytes) -> None:
         """`send` for the hub: a socket that is gone is not the sender's problem."""
-        with suppress(ConnectionClosed, OSError):
+        with suppress(ConnectionClosed):
             self.send(data)
 
     def close(self, code: int, reason: str) -> None:
         with self._lock, suppress(ConnectionClosed, OSError):
             self._ws.close(reason=code, message=reason)
+        # receive() waits for the client otherwise; the handler can end now.
+        self._ws.event.set()
+
+    def finish(self) -> None:
+        """The handler is done: close the socket if it is open, give the client
+        CLOSE_TIMEOUT seconds to read what is queued and answer, then cut it.
+
+        Everything is over when this returns, so gunicorn has nothing left to
+        wait for and the slot can be given back.
+        """
+        self.close(NORMAL_CLOSURE, "")
+        if not self._outbox.closed.wait(CLOSE_TIMEOUT):
+            self._outbox.abort()
+            self._outbox.closed.wait(CLOSE_TIMEOUT)
+
+    def _close_too_slow(self) -> None:
+        behind = self._outbox.backlog
+        self._outbox.discard_queue()
+        self._logger.warning(
+            "closing the WebSocket of %s with 1008: %d bytes behind, more than "
+            "WS_SEND_QUEUE_LIMIT (%d)",
+            self.user,
+            behind,
+            self._send_queue_limit,
+        )
+        with suppress(ConnectionClosed, OSError):
+            self._ws.close(reason=POLICY_VIOLATION, message="too slow to read")
+        self._ws.event.set()
 
 
 class OpenConnections:
@@ -90,27 +174,33 @@ def open_connections() -> OpenConnections:
 def websocket_handler(handler):
     """Run `handler(connection)` for an accepted socket.
 
-    The connection is counted for the shutdown close, and a handler that fails
+    The connection is counted for the shutdown close. A handler that fails
     closes its socket with 1011 and logs the traceback, instead of writing an
-    HTTP 500 onto a connection that already speaks WebSocket.
+    HTTP 500 onto a connection that already speaks WebSocket. Whatever ends
+    the socket, it is closed and done with when this returns.
     """
 
     @wraps(handler)
     def run(ws, *args, **kwargs):
-        connection = Connection(ws)
+        connection = Connection(
+            ws,
+            user=current_user.email,
+            send_queue_limit=current_app.config["WS_SEND_QUEUE_LIMIT"],
+            logger=current_app.logger,
+        )
         registry = open_connections()
         registry.add(connection)
         try:
-            return handler(connection, *args, **kwargs)
+            handler(connection, *args, **kwargs)
         except ConnectionClosed:
-            raise
+            pass
         except Exception:
             current_app.logger.exception(
                 "WebSocket handler for %s failed", request.path
             )
             connection.close(INTERNAL_ERROR, "internal error")
-            return None
         finally:
             registry.discard(connection)
+            connection.finish()
 
     return run

@@ -4,11 +4,12 @@
 import json
 import time
 
+from flask import current_app
 from flask_login import current_user, login_required
 
 from ..extensions import sock
 from . import bp
-from .connections import Connection, websocket_handler
+from .connections import POLICY_VIOLATION, Connection, websocket_handler
 from .hub import HubUnavailable, current_hub
 
 
@@ -27,12 +28,21 @@ def echo(connection: Connection) -> None:
 def chat(connection: Connection) -> None:
     """Relay `{"text": ...}` from this client to every chat client."""
     hub = current_hub()
+    rate = MessageRate(current_app.config["WS_MAX_MESSAGES_PER_SECOND"])
     unsubscribe = hub.subscribe(connection.deliver)
     user = current_user.email
     try:
         while True:
+            raw = connection.receive()
+            if not rate.allow():
+                if rate.sustained_flood():
+                    connection.close(POLICY_VIOLATION, "too many messages")
+                    return
+                error = f"too many messages; at most {rate.per_second} a second"
+                connection.send(json.dumps({"type": "error", "error": error}))
+                continue
             try:
-                text = parse_chat_message(connection.receive())
+                text = parse_chat_message(raw)
                 hub.publish(
                     {
                         "type": "message",
@@ -58,7 +68,7 @@ def parse_chat_message(raw: str | bytes) -> str:
         raise InvalidChatMessage(f"binary messages are not accepted; {expected}")
     try:
         message = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise InvalidChatMessage(f"not JSON; {expected}") from None
     if not isinstance(message, dict) or not isinstance(message.get("text"), str):
         raise InvalidChatMessage(expected)
@@ -66,3 +76,29 @@ def parse_chat_message(raw: str | bytes) -> str:
     if not text:
         raise InvalidChatMessage("text is empty")
     return text
+
+
+class MessageRate:
+    """At most `per_second` messages a second on average, in bursts of as many
+    (a token bucket). A client that goes on past the limit for another
+    `per_second` messages in a row is flooding, not bursting."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._tokens = float(per_second)
+        self._updated = time.monotonic()
+        self._refused_in_a_row = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        elapsed, self._updated = now - self._updated, now
+        self._tokens = min(self.per_second, self._tokens + elapsed * self.per_second)
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._refused_in_a_row = 0
+            return True
+        self._refused_in_a_row += 1
+        return False
+
+    def sustained_flood(self) -> bool:
+        return self._refused_in_a_row > self.per_second

@@ -1,0 +1,177 @@
+"""What a socket has yet to send, written out without ever making a sender wait.
+
+simple-websocket (1.1.0) writes each frame to the socket from the thread that
+sends it. Once a client stops reading, the kernel's buffer for it fills up and
+that write blocks: in the chat it is the thread delivering a message to every
+client, so one client that stops reading freezes the chat of its whole worker.
+Under gevent the same write can also send part of a frame and drop the rest.
+
+An `Outbox` takes the socket's place inside simple-websocket (`ws.sock`).
+Reads go to the socket as before. Every frame written (the handler's replies,
+the hub's deliveries, simple-websocket's own pings, pongs and closes) goes out
+at once as far as the kernel takes it; the rest waits in this socket's queue,
+and a writer of its own (a thread, a greenlet under gevent) sends it as the
+client reads. `backlog` says how far the client is behind; `Connection` closes
+it with 1008 when that passes WS_SEND_QUEUE_LIMIT.
+"""
+
+import selectors
+import socket
+import threading
+from collections import deque
+from contextlib import suppress
+
+
+class Outbox:
+    __slots__ = (
+        "_sock",
+        "_lock",
+        "_queue",
+        "_current",
+        "_writing",
+        "_reader_done",
+        "_aborted",
+        "backlog",
+        "closed",
+    )
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._queue: deque[memoryview] = deque()
+        # The frame the writer has begun: it must go out whole, whatever is
+        # dropped from the queue meanwhile.
+        self._current: memoryview | None = None
+        self._writing = False
+        self._reader_done = False
+        self._aborted = False
+        # Bytes accepted and not yet handed to the kernel.
+        self.backlog = 0
+        # Set once the socket is closed: written out, or given up on.
+        self.closed = threading.Event()
+
+    # --- the socket interface simple-websocket uses -------------------------
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv(self, size: int) -> bytes:
+        return self._sock.recv(size)
+
+    def send(self, frame: bytes) -> int:
+        """Take whole frames; never waits for the client."""
+        with self._lock:
+            if self._aborted or self._reader_done:
+                raise BrokenPipeError("the WebSocket is closed")
+            if self._writing:
+                self._queue.append(memoryview(frame))
+                self.backlog += len(frame)
+                return len(frame)
+            # Nothing is queued: write what the kernel takes now, and leave the
+            # rest of the frame to a writer.
+            sent = send_without_waiting(self._sock, frame)
+            if sent == len(frame):
+                return sent
+            self._current = memoryview(frame)[sent:]
+            self.backlog += len(self._current)
+            self._writing = True
+        writer = threading.Thread(
+            target=self._write_queue, name="outbox-writer", daemon=True
+        )
+        try:
+            writer.start()
+        except RuntimeError:  # the process can start no more threads
+            with self._lock:
+                self._writing = False
+            self.abort()
+            raise BrokenPipeError("no thread to write to the WebSocket") from None
+        return len(frame)
+
+    def close(self) -> None:
+        """simple-websocket is done reading; the socket closes once the queue
+        is written out (or given up on)."""
+        with self._lock:
+            self._reader_done = True
+            if self._writing:
+                return
+        self._close_socket()
+
+    # --- for Connection -----------------------------------------------------
+
+    def discard_queue(self) -> int:
+        """Drop the frames not begun yet (a frame half sent is finished, so the
+        stream stays whole for what follows); returns the bytes dropped."""
+        with self._lock:
+            dropped = sum(len(frame) for frame in self._queue)
+            self._queue.clear()
+            self.backlog -= dropped
+            return dropped
+
+    def abort(self) -> None:
+        """Give up on the client: drop what is queued and cut the connection.
+
+        `shutdown` (not `close`) wakes the reader blocked in `recv` and the
+        writer waiting for room, so both end and give their threads back.
+        """
+        with self._lock:
+            self._aborted = True
+            self._queue.clear()
+            self.backlog = 0
+        with suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    # --- the writer ---------------------------------------------------------
+
+    def _write_queue(self) -> None:
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._sock, selectors.EVENT_WRITE)
+                while self._write_some(selector):
+                    pass
+        except (OSError, ValueError):
+            # The client went away, or abort() cut the connection.
+            self.abort()
+            with self._lock:
+                self._writing = False
+                self._current = None
+        with self._lock:
+            close_now = self._reader_done and not self._writing
+        if close_now:
+            self._close_socket()
+
+    def _write_some(self, selector: selectors.BaseSelector) -> bool:
+        """Write part of the queue once the client has room; False when the
+        queue is empty (and this writer is done)."""
+        with self._lock:
+            if self._current is None:
+                if self._aborted or not self._queue:
+                    self._writing = False
+                    return False
+                self._current = self._queue.popleft()
+            frame = self._current
+        selector.select()
+        sent = send_without_waiting(self._sock, frame)
+        with self._lock:
+            if self._aborted:
+                raise BrokenPipeError("aborted")
+            self.backlog -= sent
+            self._current = frame[sent:] if sent < len(frame) else None
+        return True
+
+    def _close_socket(self) -> None:
+        with suppress(OSError):
+            self._sock.close()
+        self.closed.set()
+
+
+def send_without_waiting(sock: socket.socket, data: bytes | memoryview) -> int:
+    """Write what the kernel takes now; 0 when the client's buffer is full."""
+    try:
+{%- if cookiecutter.worker_class == "gevent" %}
+        # gevent's socket waits for room unless its timeout is 0.
+        return sock.send(data, 0, timeout=0.0)
+{%- else %}
+        return sock.send(data, socket.MSG_DONTWAIT)
+{%- endif %}
+    except BlockingIOError:
+        return 0

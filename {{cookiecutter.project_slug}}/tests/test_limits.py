@@ -1,0 +1,170 @@
+"""What one user or one socket may take: sockets per user, chat messages per
+second, and no compression unless it is turned on."""
+
+import json
+{%- if cookiecutter.broadcast == "redis" %}
+import os
+import signal
+{%- endif %}
+import zlib
+from contextlib import ExitStack, suppress
+
+import pytest
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+from .conftest import RawWebSocket, bearer_token, open_socket, wait_until
+
+SOCKETS_PER_USER = 3
+
+
+@pytest.fixture(scope="module")
+def limited_server(start_server):
+    return start_server(
+        WS_MAX_SOCKETS_PER_USER=str(SOCKETS_PER_USER), WS_MAX_MESSAGES_PER_SECOND="1"
+    )
+
+
+def test_a_user_at_the_socket_limit_gets_429_until_one_closes(
+    limited_server, alice, bob
+):
+    token = bearer_token(limited_server, alice)
+    with ExitStack() as stack:
+        held = [
+            stack.enter_context(open_socket(limited_server, "/ws/echo", token=token))
+            for _ in range(SOCKETS_PER_USER)
+        ]
+        # Several tries, so that with several workers each worker is asked.
+        for _ in range(6):
+            with pytest.raises(InvalidStatus) as refused:
+                open_socket(limited_server, "/ws/chat", token=token)
+            response = refused.value.response
+            assert response.status_code == 429
+            assert response.headers["Retry-After"] == "5"
+            assert json.loads(response.body) == {
+                "error": f"you hold {SOCKETS_PER_USER} WebSockets already; "
+                "close one first"
+            }
+        # Another user is not held back.
+        other = bearer_token(limited_server, bob)
+        with open_socket(limited_server, "/ws/echo", token=other) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=5) == "hello"
+
+        held[0].close()
+
+        def one_more_admitted():
+            try:
+                return open_socket(limited_server, "/ws/echo", token=token)
+            except InvalidStatus as error:
+                assert error.response.status_code == 429
+                return None
+
+        with wait_until(one_more_admitted, 10, "a place for the user again") as ws:
+            ws.send("room again")
+            assert ws.recv(timeout=5) == "room again"
+{%- if cookiecutter.broadcast == "redis" %}
+
+
+def test_sockets_of_workers_that_died_stop_counting(start_server, alice):
+    server = start_server(
+        WS_MAX_SOCKETS_PER_USER=str(SOCKETS_PER_USER), WEB_CONCURRENCY="2"
+    )
+    token = bearer_token(server, alice)
+    with ExitStack() as stack:
+        for _ in range(SOCKETS_PER_USER):
+            stack.enter_context(open_socket(server, "/ws/echo", token=token))
+        with pytest.raises(InvalidStatus) as refused:
+            open_socket(server, "/ws/echo", token=token)
+        assert refused.value.response.status_code == 429
+        for pid in server.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+
+    # gunicorn starts new workers; the dead ones' sockets no longer count.
+    def all_admitted():
+        with ExitStack() as stack:
+            try:
+                for _ in range(SOCKETS_PER_USER):
+                    stack.enter_context(open_socket(server, "/ws/echo", token=token))
+            except (InvalidStatus, OSError):
+                return False
+            return True
+
+    wait_until(all_admitted, 30, "the user's sockets admitted again")
+{%- endif %}
+
+
+def test_a_chat_client_past_its_message_rate_gets_errors_then_1008(
+    limited_server, alice
+):
+    # One message a second, so three at once: the first passes, the second is
+    # refused with an error, the third is a flood and closes the socket.
+    with open_socket(
+        limited_server, "/ws/chat", token=bearer_token(limited_server, alice)
+    ) as ws:
+        for number in range(3):
+            ws.send(json.dumps({"text": f"message {number}"}))
+        received = []
+        with pytest.raises(ConnectionClosedError) as closed:
+            while True:
+                received.append(json.loads(ws.recv(timeout=10)))
+    assert closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason == "too many messages"
+    errors = [message for message in received if message["type"] == "error"]
+    assert errors == [
+        {"type": "error", "error": "too many messages; at most 1 a second"}
+    ]
+    # Through Redis, the first message may come back after the close.
+    assert [m["text"] for m in received if m["type"] == "message"] in (
+        ["message 0"],
+        [],
+    )
+
+
+def test_permessage_deflate_is_refused_unless_turned_on(server, start_server, alice):
+    token = bearer_token(server, alice)
+    with open_socket(server, "/ws/echo", token=token, compression="deflate") as ws:
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        ws.send("plain")
+        assert ws.recv(timeout=5) == "plain"
+
+    compressing = start_server(WS_COMPRESSION="on")
+    with open_socket(compressing, "/ws/echo", token=token, compression="deflate") as ws:
+        accepted = ws.response.headers["Sec-WebSocket-Extensions"]
+        assert accepted.startswith("permessage-deflate")
+        ws.send("squeezed " * 100)
+        assert ws.recv(timeout=5) == "squeezed " * 100
+
+
+def compressed_zeros(size: int) -> bytes:
+    """`size` zero bytes as one permessage-deflate payload: about 1/1000 of it."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunk = bytes(1 << 20)
+    payload = b"".join(deflate.compress(chunk) for _ in range(size // len(chunk)))
+    payload += deflate.flush(zlib.Z_SYNC_FLUSH)
+    return payload[:-4]  # RFC 7692 7.2.1: the trailing 00 00 ff ff goes
+
+
+def test_compressed_bombs_cost_no_memory(server, alice, bob, make_user):
+    """40 sockets each send 64 MiB of zeros compressed into 64 KB: without the
+    extension the frame is a protocol error, and nothing is inflated."""
+    bomb = compressed_zeros(64 << 20)
+    users = [alice, bob, make_user(), make_user()]
+    tokens = [bearer_token(server, user) for user in users]
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate"}
+    memory_before = server.workers_memory()
+    for token in tokens:  # each user's 10 sockets at once
+        sockets = [
+            RawWebSocket(server, "/ws/echo", token, headers=offer) for _ in range(10)
+        ]
+        for raw in sockets:
+            assert raw.status == 101
+            assert "sec-websocket-extensions" not in raw.headers
+            # The server may stop reading at the frame's first bytes.
+            with suppress(ConnectionError):
+                raw.send_frame(RawWebSocket.BINARY, bomb, rsv1=True)
+        for raw in sockets:
+            assert raw.messages_until_close() == ([], 1002)
+            raw.close()
+    growth = server.workers_memory() - memory_before
+    assert growth < 60 * 1024 * 1024, f"the workers grew by {growth >> 20} MiB"

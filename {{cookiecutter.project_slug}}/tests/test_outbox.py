@@ -1,0 +1,126 @@
+"""The outbox of a socket, on real TCP sockets: a sender never waits for a
+client that stops reading, and what it queued arrives whole and in order once
+the client reads again."""
+
+import socket
+import struct
+import threading
+import time
+
+from {{ cookiecutter.package_name }}.realtime.outbox import Outbox
+
+FRAME_SIZE = 4096
+SENDERS = 8
+FRAMES_EACH = 500  # 8 x 500 x 4 KB: more than loopback's kernel buffers hold
+
+
+def connected_pair() -> tuple[socket.socket, socket.socket]:
+    """(the server's end, a client's end that reads into a small buffer)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(listener.getsockname())
+        server, _ = listener.accept()
+{%- if cookiecutter.worker_class == "gevent" %}
+    # gunicorn's gevent worker hands the app gevent's sockets.
+    import gevent.socket
+
+    server = gevent.socket.socket(fileno=server.detach())
+{%- endif %}
+    return server, client
+
+
+def frame(sender: int, number: int) -> bytes:
+    header = struct.pack("!HH", sender, number)
+    return header + bytes([sender]) * (FRAME_SIZE - len(header))
+
+
+def fill(outbox: Outbox) -> int:
+    """Send until the kernel's buffers are full and frames queue; how many."""
+    number = 0
+    while outbox.backlog == 0:
+        assert number < 10_000, "the kernel took 40 MB without a pause"
+        outbox.send(frame(0, number))
+        number += 1
+    for _ in range(10):  # a few more behind the first that waits
+        outbox.send(frame(0, number))
+        number += 1
+    return number
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_senders_never_wait_and_every_frame_arrives_whole_and_in_order():
+    server, client = connected_pair()
+    outbox = Outbox(server)
+
+    def send_all(sender: int) -> None:
+        for number in range(FRAMES_EACH):
+            outbox.send(frame(sender, number))
+
+    senders = [threading.Thread(target=send_all, args=(n,)) for n in range(SENDERS)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        # The client reads nothing yet: a send that waited for it would hang.
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "a sender waited for the client"
+    total = SENDERS * FRAMES_EACH * FRAME_SIZE
+    assert 0 < outbox.backlog < total
+
+    received = bytearray()
+    while len(received) < total:
+        received += client.recv(1 << 16)
+    wait_for(lambda: outbox.backlog == 0)
+    next_number = [0] * SENDERS
+    for offset in range(0, total, FRAME_SIZE):
+        sender, number = struct.unpack_from("!HH", received, offset)
+        assert received[offset : offset + FRAME_SIZE] == frame(sender, number)
+        assert number == next_number[sender]
+        next_number[sender] += 1
+    assert next_number == [FRAMES_EACH] * SENDERS
+
+    outbox.close()
+    assert outbox.closed.wait(10)
+    assert client.recv(1) == b""  # the server's end is closed
+    client.close()
+
+
+def test_abort_frees_a_writer_waiting_for_a_client_that_never_reads():
+    server, client = connected_pair()
+    outbox = Outbox(server)
+    fill(outbox)  # the writer now waits for room that never comes
+
+    outbox.abort()
+    assert outbox.backlog == 0
+    outbox.close()  # what the socket's reader does once the abort wakes it
+    assert outbox.closed.wait(10)
+    writers = [t for t in threading.enumerate() if t.name.startswith("outbox")]
+    wait_for(lambda: not any(t.is_alive() for t in writers))
+    client.close()
+
+
+def test_discarding_the_queue_keeps_the_frame_being_written_whole():
+    server, client = connected_pair()
+    outbox = Outbox(server)
+    fill(outbox)
+    outbox.discard_queue()
+    outbox.send(b"last")
+    outbox.close()
+
+    received = bytearray()
+    while chunk := client.recv(1 << 16):
+        received += chunk
+    assert received.endswith(b"last")
+    body = received[: -len(b"last")]
+    assert len(body) % FRAME_SIZE == 0
+    for offset in range(0, len(body), FRAME_SIZE):
+        _, number = struct.unpack_from("!HH", body, offset)
+        assert body[offset : offset + FRAME_SIZE] == frame(0, number)
+    assert outbox.closed.wait(10)
+    client.close()
