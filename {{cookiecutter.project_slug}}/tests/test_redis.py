@@ -1,15 +1,17 @@
-"""broadcast = redis: chat reaches every worker and every instance, and a
-Redis outage degrades the service instead of taking it down."""
+"""broadcast = redis: chat reaches every worker and every instance, a Redis
+outage degrades the service instead of taking it down, and a restart of Redis
+never delivers a message to some clients only."""
 
 import json
 import re
+import threading
 import time
+from collections import Counter
 from contextlib import ExitStack
 
-import redis
+import pytest
 import requests
-
-from {{ cookiecutter.package_name }}.realtime.redis_hub import CHANNEL
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .conftest import bearer_token, join_chat, open_socket
 
@@ -17,57 +19,51 @@ NOT_SENT = {"type": "error", "error": "broadcast unavailable; the message was no
 
 
 WORKERS = 2
-
-
-def subscribers(redis_server) -> int:
-    """How many workers listen on the chat channel of this Redis."""
-    client = redis.Redis.from_url(redis_server.url)
-    try:
-        [(_channel, count)] = client.pubsub_numsub(CHANNEL)
-    finally:
-        client.close()
-    return count
+# WS_MAX_SOCKETS_PER_USER's default: it counts a user's sockets on every worker
+# and instance, so a test that opens more shares them among several users.
+SOCKETS_PER_USER = 10
+CHAT_OPENED = re.compile(r"\[(\d+)\] \[INFO\] WebSocket /ws/chat opened")
 
 
 def worker_pids(server) -> set[str]:
     """The gunicorn workers that have let a chat socket in so far."""
-    return set(
-        re.findall(r"\[(\d+)\] \[INFO\] WebSocket /ws/chat opened", server.log())
-    )
+    return set(CHAT_OPENED.findall(server.log()))
 
 
 def say(ws, text: str) -> None:
     ws.send(json.dumps({"text": text}))
 
 
-def heard(ws) -> dict:
-    message = json.loads(ws.recv(timeout=5))
+def heard(ws, timeout: float = 5) -> dict:
+    message = json.loads(ws.recv(timeout=timeout))
     message.pop("ts", None)
     return message
 
 
-def eventually(condition, timeout: float = 30) -> None:
+def eventually(condition, timeout: float = 30, what: str = "the condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
+        assert time.monotonic() < deadline, f"{what} never held in {timeout} s"
         time.sleep(0.2)
 
 
-def test_chat_reaches_clients_on_every_worker_and_instance(start_server, alice):
+def test_chat_reaches_clients_on_every_worker_and_instance(start_server, alice, bob):
     first = start_server(WEB_CONCURRENCY="2")
     second = start_server(WEB_CONCURRENCY="2")
-    token = bearer_token(first, alice)
+    users = [alice, bob]
+    tokens = [bearer_token(first, user) for user in users]
     with ExitStack() as stack:
         clients = []
         # Open sockets on the first instance until two workers hold some.
         while len(worker_pids(first)) < 2:
-            assert len(clients) < 30, "every socket landed on one worker"
+            assert len(clients) < 2 * SOCKETS_PER_USER, "all on one worker"
+            token = tokens[len(clients) % 2]
             ws = stack.enter_context(open_socket(first, "/ws/chat", token=token))
             clients.append(ws)
             time.sleep(0.05)
         clients += [
             stack.enter_context(open_socket(second, "/ws/chat", token=token))
-            for _ in range(2)
+            for token in tokens
         ]
         join_chat(*clients)
 
@@ -76,7 +72,7 @@ def test_chat_reaches_clients_on_every_worker_and_instance(start_server, alice):
             for ws in clients:
                 assert heard(ws) == {
                     "type": "message",
-                    "user": alice,
+                    "user": users[-1],
                     "text": f"message {number}",
                 }
 
@@ -84,28 +80,32 @@ def test_chat_reaches_clients_on_every_worker_and_instance(start_server, alice):
 {%- if cookiecutter.use_docker == "y" %}
 
 
-def test_chat_reaches_two_instances_behind_one_nginx(start_server, start_nginx, alice):
+def test_chat_reaches_two_instances_behind_one_nginx(
+    start_server, start_nginx, alice, bob, make_user
+):
     instances = [
         start_server(WEB_CONCURRENCY="2", TRUSTED_PROXY_COUNT="1") for _ in range(2)
     ]
     proxy = start_nginx(*instances)
-    token = bearer_token(proxy, alice)
+    users = [alice, bob, make_user()]
+    tokens = [bearer_token(proxy, user) for user in users]
     with ExitStack() as stack:
         clients = []
         # nginx sends each new socket to the least busy instance; keep opening
         # until every worker of both instances holds one.
         while any(len(worker_pids(instance)) < 2 for instance in instances):
-            assert len(clients) < 40, "nginx did not spread the sockets"
+            assert len(clients) < 3 * SOCKETS_PER_USER, "nginx did not spread them"
+            token = tokens[len(clients) % 3]
             ws = stack.enter_context(open_socket(proxy, "/ws/chat", token=token))
             clients.append(ws)
         join_chat(*clients)
 
-        for number, speaker in enumerate((clients[0], clients[-1])):
-            say(speaker, f"through nginx {number}")
+        for number, index in enumerate((0, len(clients) - 1)):
+            say(clients[index], f"through nginx {number}")
             for ws in clients:
                 assert heard(ws) == {
                     "type": "message",
-                    "user": alice,
+                    "user": users[index % 3],
                     "text": f"through nginx {number}",
                 }
 {%- endif %}
@@ -133,13 +133,198 @@ def test_redis_outage_degrades_then_recovers(start_server, start_redis, alice):
         assert requests.get(f"{server.url}/healthz").status_code == 200
         say(sender, "during")
         assert heard(sender) == NOT_SENT
+        # The user's sockets are counted in Redis: no count, no new socket.
+        with pytest.raises(InvalidStatus) as refused:
+            open_socket(server, "/ws/echo", token=token)
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.headers["Retry-After"] == "5"
 
-        restarted = start_redis(port=redis_server.port)
-        # Each worker resubscribes on its own backoff; until then it misses
-        # what is published (Redis pub/sub keeps nothing for absent listeners).
-        eventually(lambda: subscribers(restarted) == WORKERS)
-        assert requests.get(f"{server.url}/readyz").status_code == 200
+        start_redis(port=redis_server.port)
+        eventually(lambda: requests.get(f"{server.url}/readyz").status_code == 200)
         say(sender, "after")
-        # "during" was refused, never delivered: the next thing heard is "after".
-        assert heard(listener)["text"] == "after"
-        assert heard(sender)["text"] == "after"
+        # A worker may still be waiting out its reconnect backoff; the stream
+        # keeps "after" until it reads again. "during" was refused, never
+        # delivered: the next thing heard is "after".
+        assert heard(listener, timeout=30)["text"] == "after"
+        assert heard(sender, timeout=30)["text"] == "after"
+        with open_socket(server, "/ws/echo", token=token) as echo:
+            echo.send("counted again")
+            assert echo.recv(timeout=5) == "counted again"
+
+
+class ChatClient:
+    """A chat socket, the worker that holds it, and everything it hears,
+    collected by a thread of its own so that it can speak meanwhile."""
+
+    def __init__(self, ws, worker: str) -> None:
+        self.ws = ws
+        self.worker = worker
+        self.heard: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.closed: ConnectionClosed | None = None
+        self.changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+
+    def start_reading(self) -> None:
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = json.loads(self.ws.recv())
+                with self.changed:
+                    if message["type"] == "error":
+                        self.errors.append(message["error"])
+                    else:
+                        self.heard[message["text"]] += 1
+                    self.changed.notify_all()
+        except ConnectionClosed as closed:
+            with self.changed:
+                self.closed = closed
+                self.changed.notify_all()
+
+    def tell(self, text: str, timeout: float = 30) -> str | None:
+        """Send `text`; the error it drew, or None once it came back here.
+
+        The handler answers a message it refuses before it reads the next
+        one, and a client hears its own message once it is sent, so one
+        message at a time tells which of them were refused. None as well when
+        neither came in time: the sender was not told, and the message will
+        be missing where it was not heard."""
+        with self.changed:
+            errors = len(self.errors)
+        say(self.ws, text)
+
+        def answered() -> bool:
+            return bool(len(self.errors) > errors or self.heard[text] or self.closed)
+
+        with self.changed:
+            self.changed.wait_for(answered, timeout)
+            assert self.closed is None, f"the server closed a sender: {self.closed}"
+            return self.errors[errors] if len(self.errors) > errors else None
+
+
+def chat_socket_on_a_known_worker(stack, server, token, opened: int) -> ChatClient:
+    """Open a chat socket and learn from the log which worker took it."""
+    ws = stack.enter_context(open_socket(server, "/ws/chat", token=token))
+    eventually(
+        lambda: len(CHAT_OPENED.findall(server.log())) > opened,
+        what="the log line of the new socket",
+    )
+    return ChatClient(ws, CHAT_OPENED.findall(server.log())[-1])
+
+
+def test_a_redis_restart_never_delivers_to_some_clients_only(
+    start_server, start_redis, alice, bob, make_user
+):
+    """Senders on both workers keep talking while Redis stops and comes back
+    empty: each message reaches every client exactly once, or its sender is
+    told it was not sent. Pub/sub failed this: a worker that had not
+    subscribed again yet missed what the other worker's clients said."""
+    redis_server = start_redis()
+    server = start_server(REDIS_URL=redis_server.url, WEB_CONCURRENCY=str(WORKERS))
+    tokens = [bearer_token(server, user) for user in (alice, bob, make_user())]
+    with ExitStack() as stack:
+        clients: list[ChatClient] = []
+        while len(clients) < 20 or len({c.worker for c in clients}) < WORKERS:
+            assert len(clients) < 3 * SOCKETS_PER_USER, "all on one worker"
+            token = tokens[len(clients) % len(tokens)]
+            clients.append(
+                chat_socket_on_a_known_worker(stack, server, token, len(clients))
+            )
+        join_chat(*(client.ws for client in clients))
+        for client in clients:
+            client.start_reading()
+        by_worker: dict[str, list[ChatClient]] = {}
+        for client in clients:
+            by_worker.setdefault(client.worker, []).append(client)
+        senders = [client for held in by_worker.values() for client in held[:2]]
+        print(
+            "sockets per worker:",
+            {worker: len(held) for worker, held in by_worker.items()},
+        )
+
+        stop = threading.Event()
+        failed: list[BaseException] = []
+        # text, when it was sent, the error it drew (None: it was sent)
+        outcomes: list[tuple[str, float, str | None]] = []
+
+        def keep_talking(sender: ChatClient, name: str) -> None:
+            number = 0
+            try:
+                while not stop.is_set():
+                    text = f"{name} message {number}"
+                    sent_at = time.monotonic()
+                    outcomes.append((text, sent_at, sender.tell(text)))
+                    number += 1
+                    # A pace, well below WS_MAX_MESSAGES_PER_SECOND (20).
+                    stop.wait(0.1)
+            except BaseException as error:
+                failed.append(error)
+                raise
+
+        talking = [
+            threading.Thread(target=keep_talking, args=(sender, f"sender {n}"))
+            for n, sender in enumerate(senders)
+        ]
+        for thread in talking:
+            thread.start()
+
+        def stop_talking() -> None:
+            stop.set()
+            for thread in talking:
+                thread.join(timeout=60)
+
+        stack.callback(stop_talking)
+
+        def sent(since: float = 0.0) -> int:
+            assert not failed, f"a sender failed: {failed[0]!r}"
+            return sum(
+                1 for _, at, error in list(outcomes) if not error and at >= since
+            )
+
+        def refused() -> int:
+            assert not failed, f"a sender failed: {failed[0]!r}"
+            return sum(1 for _, _, error in list(outcomes) if error)
+
+        eventually(lambda: sent() >= 5 * len(senders), what="chat")
+        redis_server.stop()
+        # A second or two down: long enough for the workers to come back at
+        # different moments, as their backoff has jitter.
+        eventually(lambda: refused() >= 15 * len(senders), what="refusals")
+        start_redis(port=redis_server.port)
+        back = time.monotonic()
+        eventually(
+            lambda: sent(since=back) >= 10 * len(senders),
+            timeout=90,
+            what="chat after Redis came back",
+        )
+        stop_talking()
+        assert not failed, f"a sender failed: {failed[0]!r}"
+
+        # Every sender has had its answer, so both workers read Redis again
+        # and have made their replays: all that was sent is ahead of this in
+        # the stream, and once every client has heard it nothing else is on
+        # its way.
+        eventually(lambda: clients[0].tell("the end") is None, what="the end")
+        eventually(
+            lambda: all(client.heard["the end"] for client in clients),
+            what="every client hearing the end",
+        )
+
+        accepted = [text for text, _, error in outcomes if not error]
+        errors = Counter(error for _, _, error in outcomes if error)
+        print(
+            f"{len(accepted)} messages delivered ({sent(since=back)} sent after "
+            f"Redis came back), {errors.total()} refused, {len(clients)} clients"
+        )
+        assert errors.keys() == {NOT_SENT["error"]}, errors
+        wrong = {}
+        for text in accepted:
+            times = Counter(client.heard[text] for client in clients)
+            if times != {1: len(clients)}:
+                wrong[text] = ", ".join(
+                    f"{many} clients heard it {n} times"
+                    for n, many in sorted(times.items())
+                )
+        assert not wrong, f"{len(wrong)} of {len(accepted)} messages: {wrong}"
