@@ -315,6 +315,10 @@ def start_server(migrated, tmp_path_factory):
         return server
 
     yield start
+    # Told all at once, they wind down side by side.
+    for server in started:
+        if server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
     for server in started:
         server.stop()
 
