@@ -35,7 +35,7 @@ VARIANTS = [
     ),
 ]
 
-# What a variant needs running on this machine (see DESIGN.md, "These machines").
+# What a variant needs running on this machine: the servers CI starts (.ci/run).
 SERVICES = {
     ("database", "postgresql"): ("PostgreSQL", "127.0.0.1", 5432),
     ("broadcast", "redis"): ("Redis", "127.0.0.1", 6379),
