@@ -24,6 +24,15 @@ def limited_server(start_server):
     )
 
 
+def admitted(server, token: str):
+    """A socket, or None while the user holds the limit."""
+    try:
+        return open_socket(server, "/ws/echo", token=token)
+    except InvalidStatus as error:
+        assert error.response.status_code == 429
+        return None
+
+
 def test_a_user_at_the_socket_limit_gets_429_until_one_closes(
     limited_server, alice, bob
 ):
@@ -51,18 +60,30 @@ def test_a_user_at_the_socket_limit_gets_429_until_one_closes(
             assert ws.recv(timeout=5) == "hello"
 
         held[0].close()
-
-        def one_more_admitted():
-            try:
-                return open_socket(limited_server, "/ws/echo", token=token)
-            except InvalidStatus as error:
-                assert error.response.status_code == 429
-                return None
-
-        with wait_until(one_more_admitted, 10, "a place for the user again") as ws:
+        with wait_until(
+            lambda: admitted(limited_server, token), 10, "a place for the user again"
+        ) as ws:
             ws.send("room again")
             assert ws.recv(timeout=5) == "room again"
 {%- if cookiecutter.broadcast == "redis" %}
+
+
+def test_the_socket_limit_spans_instances(start_server, alice):
+    limit = {"WS_MAX_SOCKETS_PER_USER": str(SOCKETS_PER_USER)}
+    first, second = start_server(**limit), start_server(**limit)
+    token = bearer_token(first, alice)
+    with ExitStack() as stack:
+        for _ in range(SOCKETS_PER_USER):
+            stack.enter_context(open_socket(first, "/ws/echo", token=token))
+        with pytest.raises(InvalidStatus) as refused:
+            open_socket(second, "/ws/echo", token=token)
+        assert refused.value.response.status_code == 429
+    # Closed on the first instance: the second has room for the user again.
+    with wait_until(
+        lambda: admitted(second, token), 10, "a place on the second instance"
+    ) as ws:
+        ws.send("here")
+        assert ws.recv(timeout=5) == "here"
 
 
 def test_sockets_of_workers_that_died_stop_counting(start_server, alice):
