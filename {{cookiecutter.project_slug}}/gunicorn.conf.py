@@ -21,9 +21,12 @@ settings = Settings.from_env()
 # https://docs.gunicorn.org/en/stable/settings.html#wsgi-app
 wsgi_app = "{{ cookiecutter.package_name }}:create_app()"
 
-# All interfaces, for the container; in front of it nginx is the only client.
-# https://docs.gunicorn.org/en/stable/settings.html#bind
-bind = [f"0.0.0.0:{settings.port}"]
+# Loopback unless HOST says otherwise: gunicorn is not built to face the
+# internet (slow clients hold its workers), so nginx stands in front and only
+# a container, where nginx reaches the app over its own network, sets
+# HOST=0.0.0.0. https://docs.gunicorn.org/en/stable/settings.html#bind
+host = f"[{settings.host}]" if ":" in settings.host else settings.host
+bind = [f"{host}:{settings.port}"]
 
 # https://docs.gunicorn.org/en/stable/settings.html#workers
 workers = settings.web_concurrency

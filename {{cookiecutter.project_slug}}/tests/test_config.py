@@ -7,7 +7,15 @@ import subprocess
 import pytest
 import requests
 
-from .conftest import BIN, PROJECT_ROOT, clean_environ, run_flask
+from .conftest import (
+    BIN,
+    PROJECT_ROOT,
+    clean_environ,
+    free_port,
+    run_flask,
+    stop_process,
+    wait_until,
+)
 
 
 def start_gunicorn(tmp_path, **settings) -> subprocess.CompletedProcess:
@@ -95,3 +103,29 @@ def test_development_session_cookie_is_httponly_lax_but_not_secure(server):
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
     assert "Secure" not in cookie
+
+
+@pytest.mark.parametrize(
+    ("host", "listening"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")]
+)
+def test_gunicorn_listens_on_loopback_unless_host_says_otherwise(
+    settings, tmp_path, host, listening
+):
+    port = free_port()
+    environ = {**settings, "PORT": str(port)}
+    if host:
+        environ["HOST"] = host
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
+            cwd=PROJECT_ROOT,
+            env=clean_environ(**environ),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "Listening at" in log.read_text(), 30, "gunicorn listens")
+        assert f"Listening at: http://{listening}:{port} " in log.read_text()
+    finally:
+        stop_process(server, timeout=40)

@@ -62,6 +62,7 @@ class Settings:
     token_max_age: int
     trusted_proxy_count: int
     forwarded_allow_ips: tuple[str, ...]
+    host: str
     port: int
     web_concurrency: int
     gunicorn_threads: int
@@ -116,6 +117,7 @@ class Settings:
             trusted_proxy_count=env.integer("TRUSTED_PROXY_COUNT", 0, minimum=0),
             # gunicorn's own default, and the same variable gunicorn reads.
             forwarded_allow_ips=env.addresses("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
+            host=env.str("HOST", "127.0.0.1") or "127.0.0.1",
             port=env.integer("PORT", 8000, minimum=1),
             web_concurrency=env.integer("WEB_CONCURRENCY", DEFAULT_WORKERS, minimum=1),
             gunicorn_threads=env.integer("GUNICORN_THREADS", 100, minimum=1),
