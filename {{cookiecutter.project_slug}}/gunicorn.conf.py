@@ -5,6 +5,7 @@ a `--bind` or other flag on the command line wins over this file.
 https://docs.gunicorn.org/en/stable/settings.html
 """
 
+import os
 import signal
 {%- if cookiecutter.worker_class == "gthread" %}
 import threading
@@ -17,6 +18,9 @@ from {{ cookiecutter.package_name }}.config import Settings
 
 # Stops here, with one line, when a setting is missing or wrong (SECRET_KEY...).
 settings = Settings.from_env()
+# Without SECRET_KEY (outside production) the settings hold a random key: hand
+# it to the workers, or each would sign cookies and tokens with its own.
+os.environ.setdefault("SECRET_KEY", settings.secret_key)
 
 # https://docs.gunicorn.org/en/stable/settings.html#wsgi-app
 wsgi_app = "{{ cookiecutter.package_name }}:create_app()"

@@ -7,6 +7,8 @@ import subprocess
 import pytest
 import requests
 
+from {{ cookiecutter.package_name }}.config import Settings
+
 from .conftest import (
     BIN,
     PROJECT_ROOT,
@@ -53,6 +55,24 @@ def test_gunicorn_refuses_to_start_without_a_real_secret_key(tmp_path, secret, m
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == message + "\n"
+
+
+@pytest.mark.parametrize("app_env", ["development", "production"])
+def test_the_placeholder_of_env_example_never_starts(tmp_path, app_env):
+    result = start_gunicorn(tmp_path, APP_ENV=app_env, SECRET_KEY="change-me")
+    assert result.returncode == 1
+    assert result.stderr == f"error: SECRET_KEY is a placeholder; {HINT}\n"
+
+
+def test_a_missing_key_outside_production_is_random_and_said(start_server):
+    server = start_server(APP_ENV="development", SECRET_KEY="")
+    assert (
+        "SECRET_KEY is not set: using a random key until this process stops, so "
+        f"logins will not survive a restart; {HINT}"
+    ) in server.log()
+    keys = {Settings.from_env({"APP_ENV": "development"}).secret_key for _ in "ab"}
+    assert len(keys) == 2
+    assert all(len(key) >= 32 for key in keys)
 
 
 def test_flask_command_refuses_too(tmp_path):

@@ -4,7 +4,9 @@ Every variable is listed in `.env.example` and in the README's settings table.
 """
 
 import ipaddress
+import logging
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,8 @@ DEFAULT_WORKERS = 1
 
 # A key shorter than this is a typo or a placeholder, not a secret.
 MIN_SECRET_KEY_LENGTH = 32
+# What .env.example and tutorials put there: anyone can sign cookies with them.
 PLACEHOLDER_SECRET_KEYS = {"change-me", "changeme", "secret", "dev"}
-# Outside production a missing SECRET_KEY falls back to this, so that
-# `flask` commands and a first `gunicorn` run work before `.env` exists.
-INSECURE_DEVELOPMENT_KEY = "development-only-key-never-use-it-in-production"
 
 GENERATE_KEY_HINT = (
     "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
@@ -224,12 +224,17 @@ class _Reader:
 
 def _secret_key(value: str, app_env: str) -> str:
     if not value:
-        if app_env != "production":
-            return INSECURE_DEVELOPMENT_KEY
-        raise ConfigError(f"SECRET_KEY is not set; {GENERATE_KEY_HINT}")
-    if value.lower() in PLACEHOLDER_SECRET_KEYS or value == INSECURE_DEVELOPMENT_KEY:
-        if app_env != "production":
-            return value
+        if app_env == "production":
+            raise ConfigError(f"SECRET_KEY is not set; {GENERATE_KEY_HINT}")
+        # A key nobody else knows, so that `flask` commands and a first run
+        # work before `.env` exists; sessions and tokens end with the process.
+        logging.getLogger(__name__).warning(
+            "SECRET_KEY is not set: using a random key until this process "
+            "stops, so logins will not survive a restart; %s",
+            GENERATE_KEY_HINT,
+        )
+        return secrets.token_urlsafe(48)
+    if value.lower() in PLACEHOLDER_SECRET_KEYS and app_env != "testing":
         raise ConfigError(f"SECRET_KEY is a placeholder; {GENERATE_KEY_HINT}")
     if len(value) < MIN_SECRET_KEY_LENGTH and app_env == "production":
         raise ConfigError(
