@@ -312,14 +312,14 @@ def test_page_reconnects_by_itself_after_the_app_restarts(
 
 
 @contextmanager
-def another_site() -> Iterator[str]:
+def another_site(content: str = "<p>Another site") -> Iterator[str]:
     """A page of another origin: same host, another port, as a site a user
     might visit. The browser's cookies for 127.0.0.1 go with its requests,
     whatever the port, so only the Origin check can refuse its socket."""
 
     class AnotherSite(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b"<!doctype html><title>Another site</title><p>Another site"
+            body = f"<!doctype html><title>Another site</title>{content}".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -387,3 +387,95 @@ def test_page_from_another_origin_cannot_open_the_socket(stack, open_page, alice
     while refused_handshakes(stack.app, "/ws/chat", 403) == refused_before:
         assert time.monotonic() < deadline, f"no 403 in the app log:\n{stack.app.log()}"
         time.sleep(0.1)
+
+
+# The page's Content-Security-Policy violations, as `securitypolicyviolation`
+# events, reported to the test. Init scripts and exposed functions come from
+# Playwright, not the page, so the policy does not stop them; this one runs in
+# every page the context loads, before the page's own scripts.
+REPORT_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (event) => {
+  window.reportViolation(`${event.effectiveDirective} ${event.blockedURI}`);
+}, true);"""
+
+# An inline script, as markup slipped into the page would bring; true if it ran.
+RUN_INLINE_SCRIPT = """() => {
+  const script = document.createElement("script");
+  script.textContent = "window.inlineScriptRan = true;";
+  document.head.append(script);
+  return window.inlineScriptRan === true;
+}"""
+
+
+def watch_policy_violations(page: "Page") -> list[str]:
+    """Collect what the policy blocks on `page`, from the moment it is called:
+    the `securitypolicyviolation` events, and Chromium's console errors about
+    the policy (some blocks, such as framing, only log one)."""
+    violations = []
+    page.expose_function("reportViolation", lambda text: violations.append(text))
+    page.add_init_script(REPORT_VIOLATIONS)
+
+    def on_console(message) -> None:
+        if "Content Security Policy" in message.text:
+            violations.append(f"console: {message.text}")
+
+    page.on("console", on_console)
+    return violations
+
+
+def wait_for_events(page: "Page", found: Callable[[], bool], what: str) -> None:
+    """Let Playwright deliver the page's events until `found()` is true."""
+    deadline = time.monotonic() + 5
+    while not found():
+        assert time.monotonic() < deadline, f"{what}: not within 5 s"
+        page.wait_for_timeout(100)
+
+
+def test_pages_work_under_the_content_security_policy(stack, open_page):
+    """Register, log out, log in, echo and chat: none of it trips the policy,
+    which the browser does enforce (an inline script is blocked and seen)."""
+    email = f"policy-{secrets.token_hex(4)}@example.com"
+    page = open_page()
+    violations = watch_policy_violations(page)
+    register(page, stack.url, email)
+    log_out(page, stack.url)
+    log_in(page, stack.url, email)
+    expect_status(page, "connected")
+
+    echo_input = page.locator("#echo-input")
+    echo_input.fill("echoed under the policy")
+    echo_input.press("Enter")
+    expect(page.locator("#echo-log li.received")).to_have_text(
+        "< echoed under the policy"
+    )
+    join_chat(page, email)
+    say(page, "chatting under the policy")
+    expect(chat_line(page, email, "chatting under the policy")).to_be_visible()
+    page.wait_for_timeout(200)  # lets Playwright deliver pending events
+    assert violations == []
+
+    # Proof that the watch works and the policy holds: the script is refused,
+    # and both the event and the console say so.
+    assert page.evaluate(RUN_INLINE_SCRIPT) is False
+    wait_for_events(page, lambda: len(violations) >= 2, "the blocked script reported")
+    assert "script-src-elem inline" in violations
+    assert any(v.startswith("console: ") and "script-src" in v for v in violations)
+
+
+def test_another_site_cannot_frame_the_demo_page(stack, open_page, alice):
+    """Clickjacking: a site that frames the demo page of a logged-in user gets
+    the browser's error page in the frame, not the demo page."""
+    page = open_page()
+    log_in(page, stack.url, alice)
+    expect_status(page, "connected")
+
+    framing_page = page.context.new_page()
+    violations = watch_policy_violations(framing_page)
+    with another_site(f'<iframe src="{stack.url}/"></iframe>') as url:
+        framing_page.goto(url)  # returns once the frame has loaded too
+        frame = framing_page.main_frame.child_frames[0]
+        # Chromium shows its own error page in place of a framed page it refuses.
+        assert frame.url == "chrome-error://chromewebdata/"
+        expect(framing_page.frame_locator("iframe").locator("#status")).to_have_count(0)
+    wait_for_events(framing_page, lambda: violations, "the refused frame reported")
+    assert len(violations) == 1
+    assert "frame-ancestors 'none'" in violations[0]

@@ -11,6 +11,7 @@ from .config import Settings
 from .errors import register_error_handlers
 from .extensions import csrf, db, login_manager, migrate, sock
 from .proxy import trust_forwarded_headers
+from .security import register_security_headers
 
 
 def create_app(config: Mapping[str, str] | None = None) -> Flask:
@@ -31,6 +32,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     register_blueprints(app)
     register_commands(app)
     register_error_handlers(app)
+    register_security_headers(app)
     trust_forwarded_headers(app)
     return app
 
