@@ -27,6 +27,8 @@ UNWANTED_PATHS = {
         # They run the files above through a real nginx.
         "tests/nginx.py",
         "tests/test_nginx.py",
+        "tests/test_tls.py",
+        "tests/test_browser_tls.py",
     ],
     ("ci", "none"): [".github"],
     ("broadcast", "memory"): [

@@ -86,9 +86,45 @@ def test_compose_has_the_services_the_answers_ask_for(baked, answers):
 @pytest.mark.parametrize("answers", VARIANTS)
 def test_only_nginx_is_published(baked, answers):
     services = compose(baked(**answers).project_path)["services"]
-    assert services["nginx"]["ports"] == ["${HTTP_PORT:-8080}:80"]
+    assert services["nginx"]["ports"] == [
+        "${HTTP_PORT:-8080}:80",
+        "${HTTPS_PORT:-8443}:443",
+    ]
     published = [name for name, service in services.items() if "ports" in service]
     assert published == ["nginx"]
+
+
+def test_nginx_gets_the_certificate_folder_and_the_published_https_port(baked):
+    project = baked().project_path
+    nginx = compose(project)["services"]["nginx"]
+    assert "./deploy/nginx/certs:/etc/nginx/certs:ro" in nginx["volumes"]
+    assert "./deploy/nginx/acme:/var/www/acme:ro" in nginx["volumes"]
+    # The redirect names the port browsers reach HTTPS on: the published one.
+    assert nginx["environment"]["NGINX_HTTPS_PORT"] == "${HTTPS_PORT:-8443}"
+    # What the template reads from those mounts.
+    rendered = load_generated_nginx_helper(project).render_server_block()
+    assert "ssl_certificate /etc/nginx/certs/fullchain.pem;" in rendered
+    assert "ssl_certificate_key /etc/nginx/certs/privkey.pem;" in rendered
+    assert "root /var/www/acme;" in rendered
+    # The folder ships (its README), so Docker does not create it as root.
+    assert (project / "deploy" / "nginx" / "certs" / "README.md").is_file()
+
+
+def test_nginx_health_check_uses_plain_http_healthz(baked):
+    nginx = compose(baked().project_path)["services"]["nginx"]
+    test = nginx["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[-1] == "http://127.0.0.1/healthz"
+
+
+def test_certificate_folder_is_git_ignored_but_its_readme_is_not(baked):
+    project = baked().project_path
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    for secret in ("deploy/nginx/certs/privkey.pem", "deploy/nginx/acme/x"):
+        ignored = run(["git", "check-ignore", "-q", secret], cwd=project)
+        assert ignored.returncode == 0, f"{secret} is not git-ignored"
+    # -q, not -v: -v reports the `!` pattern that matched as a match.
+    readme = run(["git", "check-ignore", "-q", "deploy/nginx/certs/README.md"], project)
+    assert readme.returncode == 1, "the certificate folder's README is git-ignored"
 
 
 @pytest.mark.parametrize("answers", VARIANTS)
@@ -257,9 +293,127 @@ def test_dockerignore_keeps_secrets_and_caches_out_and_lets_the_copies_in(baked)
 @pytest.mark.parametrize("answers", VARIANTS)
 def test_compose_sets_every_variable_of_the_nginx_template(baked, answers):
     project = baked(**answers).project_path
-    rendered = load_generated_nginx_helper(project).render_server_block()
-    assert re.findall(r"\$\{\w+\}", rendered) == []
-    assert "server app:8000;" in rendered
+    rendered = load_generated_nginx_helper(project).render_templates()
+    assert set(rendered) == {
+        "default.conf",
+        "app/locations.conf",
+        "app/forwarded-headers.conf",
+    }
+    for name, text in rendered.items():
+        assert re.findall(r"\$\{\w+\}", text) == [], name
+    assert "server app:8000;" in rendered["default.conf"]
+
+
+def server_blocks(text):
+    """{first listen argument: body} of each top-level server block."""
+    blocks = re.findall(r"^server \{\n(.*?)^\}", text, re.M | re.S)
+    return {re.search(r"^\s*listen (\S+?)[ ;]", b, re.M).group(1): b for b in blocks}
+
+
+def location_blocks(body):
+    """{location argument(s): body} of a server block's locations."""
+    found = re.findall(r"^    location ([^{]+?) \{\n(.*?)^    \}", body, re.M | re.S)
+    return dict(found)
+
+
+def test_plain_http_redirects_to_https_except_health_and_acme(baked):
+    nginx = load_generated_nginx_helper(baked().project_path)
+    servers = server_blocks(nginx.render_server_block())
+    assert set(servers) == {"80", "443"}
+    plain = servers["80"]
+    included = re.findall(r"^\s*include (\S+);", plain, re.M)
+    assert included == ["/etc/nginx/conf.d/app/forwarded-headers.conf"]
+    locations = location_blocks(plain)
+    assert set(locations) == {"= /healthz", "^~ /.well-known/acme-challenge/", "/"}
+    assert "proxy_pass http://app;" in locations["= /healthz"]
+    assert "root /var/www/acme;" in locations["^~ /.well-known/acme-challenge/"]
+    redirect = "return 301 https://$host$https_port_suffix$request_uri;"
+    assert locations["/"].strip().splitlines()[-1].strip() == redirect
+    # HSTS over plain HTTP is ignored by browsers (RFC 6797, section 8.1).
+    assert not re.search(r"^\s*add_header", plain, re.M)
+
+
+def test_https_server_has_mozilla_intermediate_tls_and_hsts(baked):
+    nginx = load_generated_nginx_helper(baked().project_path)
+    https = server_blocks(nginx.render_server_block())["443"]
+    assert re.search(r"^    listen 443 ssl;$", https, re.M)
+    directives = dict(re.findall(r"^    (ssl_\w+) (.+);$", https, re.M))
+    # https://ssl-config.mozilla.org/ guidelines 6.0, "intermediate".
+    assert directives["ssl_protocols"] == "TLSv1.2 TLSv1.3"
+    assert directives["ssl_ciphers"].split(":") == [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+    assert directives["ssl_prefer_server_ciphers"] == "off"
+    assert directives["ssl_session_timeout"] == "1d"
+    assert directives["ssl_session_cache"].startswith("shared:")
+    hsts = 'add_header Strict-Transport-Security "max-age=63072000" always;'
+    assert re.findall(r"^    add_header .*$", https, re.M) == [f"    {hsts}"]
+    assert "include /etc/nginx/conf.d/app/locations.conf;" in https
+
+
+def test_the_https_port_in_the_redirect_follows_the_published_one(baked):
+    nginx = load_generated_nginx_helper(baked().project_path)
+    rendered = nginx.render_server_block(NGINX_HTTPS_PORT="9443")
+    assert re.search(
+        r'^map 9443 \$https_port_suffix \{\n    443 +"";\n    default +":9443";\n\}',
+        rendered,
+        re.M,
+    )
+
+
+def test_app_locations_are_written_once(baked):
+    """The locations live in app/locations.conf only, and every location that
+    proxies to the app sends the whole forwarded set."""
+    rendered = load_generated_nginx_helper(baked().project_path).render_templates()
+    locations = rendered["app/locations.conf"]
+    assert not re.search(
+        r"^\s*location\s", server_blocks(rendered["default.conf"])["443"], re.M
+    )
+    assert re.findall(r"^location (\S+) \{", locations, re.M) == [
+        "/static/",
+        "/ws/",
+        "/",
+    ]
+    proxied = rendered["default.conf"].count("proxy_pass") + locations.count(
+        "proxy_pass"
+    )
+    included = (rendered["default.conf"] + locations).count(
+        "include /etc/nginx/conf.d/app/forwarded-headers.conf;"
+    )
+    assert proxied == included == 3
+    headers = rendered["app/forwarded-headers.conf"]
+    assert "proxy_set_header X-Forwarded-Proto $forwarded_proto_chain;" in headers
+
+
+def self_signed_pair(folder):
+    """fullchain.pem and privkey.pem for localhost, from the openssl CLI."""
+    folder.mkdir()
+    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256"
+    command += " -nodes -days 1 -subj /CN=localhost"
+    command += " -keyout privkey.pem -out fullchain.pem"
+    made = run(command.split(), cwd=folder, timeout=60)
+    assert made.returncode == 0, made.stdout
+    return folder
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_nginx_t_accepts_the_config_with_and_without_tls(baked, answers, tmp_path):
+    """`nginx -t` on the config as shipped (with a certificate pair) and as the
+    README's variant behind a load balancer that ends TLS; tests/nginx.py
+    adjusts only paths and ports, as it does in the generated suite."""
+    nginx = load_generated_nginx_helper(baked(**answers).project_path)
+    require(nginx.find_nginx() is not None, "nginx is not installed")
+    require(shutil.which("openssl") is not None, "openssl is not installed")
+    certs = self_signed_pair(tmp_path / "certs")
+    for name, options in (("tls", {"certs": certs}), ("plain", {})):
+        server = nginx.Nginx(tmp_path / name, ["127.0.0.1:9"], **options)
+        checked = server.test_config()
+        assert checked.returncode == 0, f"{name}:\n{checked.stderr}"
 
 
 @pytest.mark.parametrize("answers", VARIANTS)
@@ -269,9 +423,12 @@ def test_gixy_reports_nothing_on_the_rendered_nginx_config(baked, answers, tmp_p
     project = baked(**answers).project_path
     nginx = load_generated_nginx_helper(project)
 
-    # As in the container, except that conf.d is a temporary folder.
-    (tmp_path / "conf.d").mkdir()
-    (tmp_path / "conf.d" / "default.conf").write_text(nginx.render_server_block())
+    # As in the container, except that conf.d is a temporary folder; gixy
+    # follows the includes into conf.d/app/.
+    conf_d = tmp_path / "conf.d"
+    for name, text in nginx.render_templates().items():
+        (conf_d / name).parent.mkdir(parents=True, exist_ok=True)
+        (conf_d / name).write_text(text.replace("/etc/nginx/conf.d/", f"{conf_d}/"))
     main = (project / "deploy" / "nginx" / "nginx.conf").read_text()
     assert main.count("include /etc/nginx/conf.d/*.conf;") == 1
     (tmp_path / "nginx.conf").write_text(
@@ -289,7 +446,15 @@ def test_gixy_reports_nothing_on_the_rendered_nginx_config(baked, answers, tmp_p
     assert report == [], json.dumps(report, indent=2)
 
 
+NGINX_TESTS = ("nginx.py", "test_nginx.py", "test_tls.py", "test_browser_tls.py")
+
+
 def test_without_docker_the_nginx_tests_go_with_the_nginx_config(baked):
     tests = baked(use_docker="n").project_path / "tests"
-    left = [name for name in ("nginx.py", "test_nginx.py") if (tests / name).exists()]
+    left = [name for name in NGINX_TESTS if (tests / name).exists()]
     assert not left, f"use_docker=n left tests/{', tests/'.join(left)}"
+
+
+def test_with_docker_the_nginx_tests_are_kept(baked):
+    tests = baked().project_path / "tests"
+    assert [name for name in NGINX_TESTS if not (tests / name).exists()] == []

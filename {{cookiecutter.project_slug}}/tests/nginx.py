@@ -3,12 +3,17 @@
 Self-contained (no import of conftest): the template's own tests load this
 file on its own to render the config for gixy.
 
-In a container, the official nginx image renders
-deploy/nginx/templates/default.conf.template with envsubst and runs
-deploy/nginx/nginx.conf. Here the same two files run on loopback with the
-machine's nginx; the copy differs only in what a container has and a test
-machine lacks: file paths, the worker user, the port, the app's address and
-the static folder.
+In a container, the official nginx image renders deploy/nginx/templates/
+with envsubst and runs deploy/nginx/nginx.conf. Here the same files run on
+loopback with the machine's nginx; the copy differs only in what a container
+has and a test machine lacks: file paths, the worker user, the ports, the
+app's address, the static folder and the certificate folder.
+
+With `certs` (a folder holding fullchain.pem and privkey.pem, as compose.yaml
+mounts deploy/nginx/certs) nginx runs as shipped: plain HTTP redirects to
+HTTPS, which serves the app. Without, it runs the variant the README gives for
+a load balancer in front that ends TLS: no HTTPS server, and plain HTTP serves
+the app instead of redirecting.
 """
 
 import os
@@ -23,7 +28,14 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = PROJECT_ROOT / "deploy" / "nginx"
-TEMPLATE = DEPLOY / "templates" / "default.conf.template"
+TEMPLATES = DEPLOY / "templates"
+# What the image renders, and where: each template, less this suffix, under
+# conf.d, sub-folders kept. The server blocks include files from there.
+TEMPLATE_SUFFIX = ".template"
+CONF_D = "/etc/nginx/conf.d/"
+# Where compose.yaml mounts the certificate pair and certbot's webroot.
+CERTS = "/etc/nginx/certs/"
+ACME_WEBROOT = "/var/www/acme"
 STATIC = PROJECT_ROOT / "src" / "{{ cookiecutter.package_name }}" / "static"
 
 # $NAME or ${NAME}: what envsubst replaces when NAME is in its list.
@@ -66,10 +78,33 @@ def compose_nginx_environment() -> dict[str, str]:
     return environ
 
 
+def render_templates(**variables: str) -> dict[str, str]:
+    """{path under conf.d: text} of every file the image renders from
+    deploy/nginx/templates, with compose's environment for the nginx service,
+    overridden by `variables`."""
+    environ = {**compose_nginx_environment(), **variables}
+    return {
+        path.relative_to(TEMPLATES).as_posix().removesuffix(TEMPLATE_SUFFIX): (
+            envsubst(path.read_text(), environ)
+        )
+        for path in sorted(TEMPLATES.rglob(f"*{TEMPLATE_SUFFIX}"))
+    }
+
+
 def render_server_block(**variables: str) -> str:
-    """default.conf as the image writes it from the template, with compose's
-    environment for the nginx service, overridden by `variables`."""
-    return envsubst(TEMPLATE.read_text(), {**compose_nginx_environment(), **variables})
+    """default.conf as the image writes it from the template."""
+    return render_templates(**variables)["default.conf"]
+
+
+def write_certificates(ca, folder: Path) -> Path:
+    """fullchain.pem and privkey.pem for 127.0.0.1 and localhost, issued by
+    `ca` (a trustme.CA), in `folder`: a stand-in for deploy/nginx/certs."""
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    folder.mkdir(parents=True, exist_ok=True)
+    chain = b"".join(blob.bytes() for blob in issued.cert_chain_pems)
+    (folder / "fullchain.pem").write_bytes(chain)
+    issued.private_key_pem.write_to_path(str(folder / "privkey.pem"))
+    return folder
 
 
 def replace_once(text: str, pattern: str, replacement: str) -> str:
@@ -99,28 +134,52 @@ def mime_types_path(nginx: str) -> str | None:
 
 
 class Nginx:
-    """nginx on a free loopback port, proxying to `upstreams` (host:port).
+    """nginx on free loopback ports, proxying to `upstreams` (host:port).
 
+    `url` and `ws_url` reach the app: over HTTPS when `certs` is given (then
+    `http_url` is the plain HTTP server that redirects), else over plain HTTP.
     `variables` override the template variables compose.yaml sets, e.g.
-    `NGINX_WS_READ_TIMEOUT="3s"`.
+    `NGINX_WS_READ_TIMEOUT="3s"`. conftest's start_nginx passes `certs` on.
     """
 
-    def __init__(self, prefix: Path, upstreams: Sequence[str], **variables: str):
+    def __init__(
+        self,
+        prefix: Path,
+        upstreams: Sequence[str],
+        certs: Path | None = None,
+        **variables: str,
+    ):
         self.binary = find_nginx()
         assert self.binary, "nginx is not installed"
         self.prefix = prefix
+        self.certs = certs
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.tls_port = free_port() if certs else None
+        if certs:
+            self.url = f"https://127.0.0.1:{self.tls_port}"
+            self.ws_url = f"wss://127.0.0.1:{self.tls_port}"
+        else:
+            self.url = self.http_url
+            self.ws_url = f"ws://127.0.0.1:{self.port}"
+        # certbot's webroot: a file under .well-known/acme-challenge/ in it
+        # is served over plain HTTP.
+        self.acme_webroot = prefix / "acme"
         self.conf = prefix / "nginx.conf"
         self.error_log = prefix / "logs" / "error.log"
         self.access_log = prefix / "logs" / "access.log"
-        for folder in ("conf.d", "logs", "temp"):
+        for folder in ("conf.d", "logs", "temp", "acme"):
             (prefix / folder).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(self._main_config())
-        (prefix / "conf.d" / "default.conf").write_text(
-            self._server_block(upstreams, variables)
-        )
+        if certs:
+            # The port a browser reaches HTTPS on, as compose.yaml sets it.
+            variables = {"NGINX_HTTPS_PORT": str(self.tls_port), **variables}
+        rendered = render_templates(NGINX_UPSTREAM=upstreams[0], **variables)
+        for name, text in rendered.items():
+            text = self._adjust(name, text, upstreams)
+            path = prefix / "conf.d" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
         self.process: subprocess.Popen | None = None
 
     def _main_config(self) -> str:
@@ -152,8 +211,13 @@ class Nginx:
         )
         return replace_once(text, r"^http\s*\{", "http {" + temp_paths)
 
-    def _server_block(self, upstreams: Sequence[str], variables: dict) -> str:
-        text = render_server_block(NGINX_UPSTREAM=upstreams[0], **variables)
+    def _adjust(self, name: str, text: str, upstreams: Sequence[str]) -> str:
+        """One rendered file, made to run here."""
+        text = text.replace(CONF_D, f"{self.prefix}/conf.d/")
+        if name == "app/locations.conf":
+            return replace_once(text, r"alias\s+/srv/static/;", f"alias {STATIC}/;")
+        if name != "default.conf":
+            return text
         text = replace_once(
             text,
             rf"^[ \t]*server\s+{re.escape(upstreams[0])};",
@@ -162,7 +226,26 @@ class Nginx:
         text = replace_once(
             text, r"^[ \t]*listen\s+80;", f"    listen 127.0.0.1:{self.port};"
         )
-        return replace_once(text, r"alias\s+/srv/static/;", f"alias {STATIC}/;")
+        text = replace_once(
+            text, rf"root\s+{re.escape(ACME_WEBROOT)};", f"root {self.acme_webroot};"
+        )
+        if self.certs:
+            text = replace_once(
+                text,
+                r"^[ \t]*listen\s+443\s+ssl;",
+                f"    listen 127.0.0.1:{self.tls_port} ssl;",
+            )
+            return text.replace(CERTS, f"{self.certs}/")
+        # TLS ends in front of nginx: the HTTPS server goes, and plain HTTP
+        # serves the app where it redirected.
+        text = replace_once(
+            text, r"^server\s*\{\n(?:\s*#.*\n)*\s*listen\s+443\s(?s:.*?)^\}\n", ""
+        )
+        return replace_once(
+            text,
+            r"^[ \t]*location\s+/\s*\{\n\s*return\s+301\s[^\n]*\n\s*\}",
+            f"    include {self.prefix}/conf.d/app/locations.conf;",
+        )
 
     def test_config(self) -> subprocess.CompletedProcess:
         """`nginx -t` on the rendered configuration."""
@@ -182,12 +265,14 @@ class Nginx:
             stdout=self._output,
             stderr=subprocess.STDOUT,
         )
+        ports = [port for port in (self.port, self.tls_port) if port]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"nginx exited:\n{self.log()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                for port in ports:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.05)

@@ -1,5 +1,11 @@
 """The production edge: the generated nginx config, run by the machine's nginx
-in front of the test gunicorn, the way compose.yaml runs it in a container."""
+in front of the test gunicorn, the way compose.yaml runs it in a container.
+
+These tests speak plain HTTP to it: the variant for a load balancer in front
+that ends TLS, where nginx serves the app on port 80 (tests/nginx.py). The
+locations are the very ones the HTTPS server includes; tests/test_tls.py runs
+the config as shipped, with HTTPS.
+"""
 
 import re
 import time
@@ -129,6 +135,64 @@ def test_app_sees_the_client_address_nginx_saw(proxy, app_behind_proxy, make_use
             break
         time.sleep(0.1)
     assert CLIENT_ADDRESS in logged
+
+
+# What a load balancer that ends TLS adds to each request it passes on.
+BALANCER_HEADERS = {
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "chat.example.com",
+}
+
+
+def test_behind_a_load_balancer_that_ends_tls(start_server, start_nginx, make_user):
+    """The README's variant: nginx on plain HTTP behind the balancer, the app
+    counting both proxies. nginx appends its own entries to the balancer's, so
+    the app sees the client's address, https and the public host, and lets
+    the page's socket in."""
+    app = start_server(TRUSTED_PROXY_COUNT="2")
+    proxy = start_nginx(app)
+    email = make_user()
+    with socket_from(
+        CLIENT_ADDRESS,
+        f"{proxy.ws_url}/ws/echo",
+        token=bearer_token(proxy, email),
+        headers=BALANCER_HEADERS,
+        origin="https://chat.example.com",
+    ) as ws:
+        assert echoes(ws)
+    assert address_seen_by_app(app, email) == "203.0.113.7"
+
+
+def test_without_a_balancer_a_client_cannot_claim_https_or_a_host(
+    proxy, app_behind_proxy, make_user
+):
+    """The same headers from a client straight to nginx (one trusted proxy):
+    the app takes nginx's entries, so the claimed origin is refused and the
+    claimed address ignored."""
+    email = make_user()
+    token = bearer_token(proxy, email)
+    with (
+        pytest.raises(InvalidStatus) as refusal,
+        socket_from(
+            CLIENT_ADDRESS,
+            f"{proxy.ws_url}/ws/echo",
+            token=token,
+            headers=BALANCER_HEADERS,
+            origin="https://chat.example.com",
+        ),
+    ):
+        pass
+    assert refusal.value.response.status_code == 403
+    with socket_from(
+        CLIENT_ADDRESS,
+        f"{proxy.ws_url}/ws/echo",
+        token=token,
+        headers=BALANCER_HEADERS,
+        origin=proxy.url,
+    ) as ws:
+        assert echoes(ws)
+    assert address_seen_by_app(app_behind_proxy, email) == CLIENT_ADDRESS
 
 
 def test_client_reaching_the_app_directly_cannot_forge_its_address(
