@@ -1,8 +1,20 @@
 """Accounts: the CLI, the forms (with CSRF) and bearer tokens."""
 
+import statistics
+import time
+from urllib.parse import urlencode
+
+import pytest
 import requests
 
-from .conftest import PASSWORD, bearer_token, log_in, run_flask, submit_form
+from .conftest import (
+    PASSWORD,
+    bearer_token,
+    csrf_token,
+    log_in,
+    run_flask,
+    submit_form,
+)
 
 
 def test_users_create_refuses_a_duplicate_with_one_line(migrated, alice):
@@ -75,14 +87,45 @@ def test_login_with_a_wrong_password_is_refused(server, alice):
     assert "Wrong email or password." in response.text
 
 
-def test_login_never_redirects_to_another_site(server, alice):
+@pytest.mark.parametrize(
+    ("next_page", "location"),
+    [
+        # Paths of this site are kept.
+        ("/", "/"),
+        ("/?a=b", "/?a=b"),
+        ("/some/path", "/some/path"),
+        # Browsers read each of these as another host, at once or once the
+        # target is decoded again.
+        ("//evil.example", "/"),
+        ("///evil.example", "/"),
+        ("////evil.example/phish", "/"),
+        ("/\\evil.example", "/"),
+        ("\\\\evil.example", "/"),
+        ("/\t/evil.example", "/"),
+        ("%2F%2Fevil.example", "/"),
+        ("/%2F%2Fevil.example", "/"),
+        ("/%252F%252Fevil.example", "/"),
+        ("/%5Cevil.example", "/"),
+        # Schemes and hosts, this site's own included.
+        ("http:evil.example", "/"),
+        ("http://evil.example/", "/"),
+        ("https://evil.example/phish", "/"),
+        ("https://127.0.0.1/", "/"),
+        ("javascript:alert(1)", "/"),
+        ("some/path", "/"),
+        ("", "/"),
+    ],
+    ids=repr,
+)
+def test_login_redirects_only_to_paths_of_this_site(server, alice, next_page, location):
     response = submit_form(
         requests.Session(),
         f"{server.url}/auth/login",
         {"email": alice, "password": PASSWORD},
-        target=f"{server.url}/auth/login?next=//evil.test/",
+        target=f"{server.url}/auth/login?{urlencode({'next': next_page})}",
     )
-    assert response.headers["Location"] == "/"
+    assert response.status_code == 302
+    assert response.headers["Location"] == location
 
 
 def test_token_for_wrong_credentials_is_401_json(server, alice):
@@ -98,3 +141,61 @@ def test_token_response_says_when_it_expires(server, alice):
     body = response.json()
     assert set(body) == {"token", "expires_in"}
     assert body["expires_in"] == 3600
+
+
+# Tries of each kind, taken in turns so that a slow moment of the machine
+# weighs on both alike.
+TIMING_TRIES = 15
+
+
+def timed(attempt) -> float:
+    started = time.perf_counter()
+    attempt()
+    return time.perf_counter() - started
+
+
+def median_ratio(unknown_email, wrong_password) -> float:
+    """How much longer the median unknown email takes than the median wrong
+    password (below 1: shorter)."""
+    for attempt in (unknown_email, wrong_password):  # first calls warm up
+        attempt()
+    unknown, wrong = [], []
+    for _ in range(TIMING_TRIES):
+        unknown.append(timed(unknown_email))
+        wrong.append(timed(wrong_password))
+    return statistics.median(unknown) / statistics.median(wrong)
+
+
+def test_token_takes_as_long_for_an_unknown_email_as_for_a_wrong_password(
+    server, alice
+):
+    client = requests.Session()
+
+    def attempt(email: str):
+        def post() -> None:
+            response = client.post(f"{server.url}/auth/token", auth=(email, "wrong!"))
+            assert response.status_code == 401
+
+        return post
+
+    ratio = median_ratio(attempt("nobody@example.com"), attempt(alice))
+    assert 0.5 <= ratio <= 2, f"an unknown email takes {ratio:.2f} times as long"
+
+
+def test_login_takes_as_long_for_an_unknown_email_as_for_a_wrong_password(
+    server, alice
+):
+    browser = requests.Session()
+    token = csrf_token(browser.get(f"{server.url}/auth/login").text)
+
+    def attempt(email: str):
+        def post() -> None:
+            fields = {"email": email, "password": "wrong!", "csrf_token": token}
+            response = browser.post(f"{server.url}/auth/login", data=fields)
+            assert response.status_code == 400
+            assert "Wrong email or password." in response.text
+
+        return post
+
+    ratio = median_ratio(attempt("nobody@example.com"), attempt(alice))
+    assert 0.5 <= ratio <= 2, f"an unknown email takes {ratio:.2f} times as long"

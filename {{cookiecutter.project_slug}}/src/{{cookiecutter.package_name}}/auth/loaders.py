@@ -1,18 +1,27 @@
-"""How Flask-Login finds the user: the session cookie or a bearer token."""
+"""How Flask-Login finds the user: the session cookie or a bearer token.
+
+Both carry the credential version the user had when they were issued; one
+that no longer matches the account's (after a logout or a password change)
+loads no user, so the request is treated as anonymous.
+"""
 
 from flask import jsonify, redirect, request, url_for
 
 from ..extensions import db, login_manager
 from .models import User
-from .tokens import user_id_from_token
+from .tokens import token_holder
 
 login_manager.login_view = "auth.login"
 login_manager.login_message = None
 
 
 @login_manager.user_loader
-def load_user_from_session(user_id: str) -> User | None:
-    return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+def load_user_from_session(session_id: str) -> User | None:
+    # The session holds `User.get_id()`: "<id>:<version>".
+    user_id, _, version = session_id.partition(":")
+    if not (user_id.isdigit() and version.isdigit()):
+        return None
+    return user_at_version(int(user_id), int(version))
 
 
 @login_manager.request_loader
@@ -20,8 +29,15 @@ def load_user_from_bearer_token(req) -> User | None:
     scheme, _, token = req.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
-    user_id = user_id_from_token(token.strip())
-    return db.session.get(User, user_id) if user_id is not None else None
+    holder = token_holder(token.strip())
+    return user_at_version(*holder) if holder is not None else None
+
+
+def user_at_version(user_id: int, version: int) -> User | None:
+    user = db.session.get(User, user_id)
+    if user is None or user.credential_version != version:
+        return None
+    return user
 
 
 @login_manager.unauthorized_handler

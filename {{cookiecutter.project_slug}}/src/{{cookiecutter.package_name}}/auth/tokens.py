@@ -1,5 +1,7 @@
 """Bearer tokens for clients that are not browsers: signed and expiring.
 
+A token carries the user's credential version, so that logging out or a
+password change voids it before it expires.
 https://itsdangerous.palletsprojects.com/en/stable/timed/
 """
 
@@ -13,17 +15,22 @@ def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=_SALT)
 
 
-def issue_token(user_id: int) -> str:
-    return _serializer().dumps({"uid": user_id})
+def issue_token(user_id: int, credential_version: int) -> str:
+    return _serializer().dumps({"uid": user_id, "ver": credential_version})
 
 
-def user_id_from_token(token: str) -> int | None:
-    """The user id the token was issued to, or None when it is forged or expired."""
+def token_holder(token: str) -> tuple[int, int] | None:
+    """(user id, credential version) the token was issued for, or None when it
+    is forged, expired, or from before versions were carried."""
     try:
         payload = _serializer().loads(
             token, max_age=current_app.config["TOKEN_MAX_AGE"]
         )
     except BadSignature:  # SignatureExpired is a BadSignature too
         return None
-    user_id = payload.get("uid") if isinstance(payload, dict) else None
-    return user_id if isinstance(user_id, int) else None
+    if not isinstance(payload, dict):
+        return None
+    user_id, version = payload.get("uid"), payload.get("ver")
+    if isinstance(user_id, int) and isinstance(version, int):
+        return user_id, version
+    return None

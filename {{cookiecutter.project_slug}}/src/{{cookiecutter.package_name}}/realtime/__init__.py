@@ -7,6 +7,7 @@ bp = Blueprint("realtime", __name__)
 from . import guards, routes  # noqa: E402,F401  (they register on bp)
 from .connections import OpenConnections, websocket_reader  # noqa: E402
 from .hub import create_hub  # noqa: E402
+from .revocations import CredentialCheck, closer  # noqa: E402
 from .session import WebSocketSessionInterface  # noqa: E402
 from .user_sockets import UserSockets  # noqa: E402
 
@@ -16,9 +17,15 @@ def init_app(app: Flask) -> None:
     app.session_interface = WebSocketSessionInterface()
     # Every socket's reader thread: see websocket_reader.
     app.config["SOCK_SERVER_OPTIONS"]["thread_class"] = websocket_reader
-    app.extensions["chat_hub"] = create_hub(app)
-    app.extensions["open_connections"] = OpenConnections(
+    hub = app.extensions["chat_hub"] = create_hub(app)
+    connections = app.extensions["open_connections"] = OpenConnections(
         app.config["WEBSOCKETS_PER_WORKER"]
+    )
+    # Both ways a revocation reaches this worker close the user's sockets here.
+    close_revoked = closer(connections, app.logger)
+    hub.on_revoke(close_revoked)
+    app.extensions["credential_check"] = CredentialCheck(
+        app, connections, close_revoked
     )
     app.extensions["user_sockets"] = create_user_sockets(app)
 

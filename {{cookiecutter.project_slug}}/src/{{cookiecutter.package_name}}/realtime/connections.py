@@ -1,7 +1,9 @@
 """The sockets this worker holds: how each one reads, writes and ends, a count
-against the worker's capacity, and a clean close when the worker stops."""
+against the worker's capacity, a close when their user's credentials are
+revoked, and a clean close when the worker stops."""
 
 import threading
+import time
 from contextlib import suppress
 from functools import wraps
 from logging import Logger
@@ -18,6 +20,11 @@ GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 SHUTTING_DOWN = "server shutting down"
+CREDENTIALS_REVOKED = "credentials revoked"
+
+# Seconds a revocation is remembered for the sockets still in their handshake:
+# one whose user was loaded just before the change is closed as it opens.
+REMEMBER_REVOCATION = 60.0
 
 # Seconds a closing socket waits for its client to take what is queued and
 # answer the close; then the connection is cut. The same as the close timeout
@@ -63,8 +70,21 @@ class Connection:
     bytes behind is closed with 1008.
     """
 
-    def __init__(self, ws, user: str, send_queue_limit: int, logger: Logger) -> None:
+    def __init__(
+        self,
+        ws,
+        user: str,
+        send_queue_limit: int,
+        logger: Logger,
+        *,
+        user_id: int,
+        credential_version: int,
+    ) -> None:
         self.user = user
+        # Whose socket it is and under which credential version it was
+        # opened: a revocation closes the user's sockets opened before it.
+        self.user_id = user_id
+        self.credential_version = credential_version
         self._ws = ws
         self._outbox: Outbox = ws.sock
         self._lock = threading.Lock()
@@ -125,7 +145,8 @@ class Connection:
 
 
 class OpenConnections:
-    """Counts the sockets of this worker and closes them all on the way out."""
+    """Counts the sockets of this worker, closes those of a user whose
+    credentials are revoked, and closes them all on the way out."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -133,6 +154,8 @@ class OpenConnections:
         self._reserved = 0
         self._open: set[Connection] = set()
         self._stopping = False
+        # user id -> (the version revoked up to, monotonic time of it)
+        self._revoked: dict[int, tuple[int, float]] = {}
 
     def reserve(self) -> bool:
         """Take a slot before the handshake; False when none is left."""
@@ -150,12 +173,48 @@ class OpenConnections:
         with self._lock:
             self._open.add(connection)
             stopping = self._stopping
+            revoked, _ = self._revoked.get(connection.user_id, (0, 0.0))
         if stopping:  # admitted just before the worker was told to stop
             connection.close(GOING_AWAY, SHUTTING_DOWN)
+        elif connection.credential_version < revoked:
+            # Its user was loaded before the revocation reached this worker.
+            connection.close(POLICY_VIOLATION, CREDENTIALS_REVOKED)
 
     def discard(self, connection: Connection) -> None:
         with self._lock:
             self._open.discard(connection)
+
+    def revoke(self, user_id: int, version: int) -> int:
+        """Close with 1008 the user's sockets opened under a credential version
+        below `version`; returns how many."""
+        now = time.monotonic()
+        with self._lock:
+            self._revoked = {
+                user: revoked
+                for user, revoked in self._revoked.items()
+                if revoked[1] > now - REMEMBER_REVOCATION
+            }
+            known, _ = self._revoked.get(user_id, (0, 0.0))
+            self._revoked[user_id] = (max(known, version), now)
+            revoked = [
+                connection
+                for connection in self._open
+                if connection.user_id == user_id
+                and connection.credential_version < version
+            ]
+        for connection in revoked:
+            connection.close(POLICY_VIOLATION, CREDENTIALS_REVOKED)
+        return len(revoked)
+
+    def oldest_credential_versions(self) -> dict[int, int]:
+        """{user id: the oldest credential version among their sockets here}"""
+        with self._lock:
+            connections = list(self._open)
+        oldest: dict[int, int] = {}
+        for connection in connections:
+            version = oldest.get(connection.user_id, connection.credential_version)
+            oldest[connection.user_id] = min(version, connection.credential_version)
+        return oldest
 
     def close_all(self, reason: str = SHUTTING_DOWN) -> int:
         """Close every socket with 1001 and admit no more; returns how many."""
@@ -174,10 +233,11 @@ def open_connections() -> OpenConnections:
 def websocket_handler(handler):
     """Run `handler(connection)` for an accepted socket.
 
-    The connection is counted for the shutdown close. A handler that fails
-    closes its socket with 1011 and logs the traceback, instead of writing an
-    HTTP 500 onto a connection that already speaks WebSocket. Whatever ends
-    the socket, it is closed and done with when this returns.
+    The connection is counted for the shutdown close and for revocations
+    (revocations.py). A handler that fails closes its socket with 1011 and
+    logs the traceback, instead of writing an HTTP 500 onto a connection that
+    already speaks WebSocket. Whatever ends the socket, it is closed and done
+    with when this returns.
     """
 
     @wraps(handler)
@@ -187,9 +247,12 @@ def websocket_handler(handler):
             user=current_user.email,
             send_queue_limit=current_app.config["WS_SEND_QUEUE_LIMIT"],
             logger=current_app.logger,
+            user_id=current_user.id,
+            credential_version=current_user.credential_version,
         )
         registry = open_connections()
         registry.add(connection)
+        current_app.extensions["credential_check"].start()
         try:
             handler(connection, *args, **kwargs)
         except ConnectionClosed:

@@ -4,6 +4,12 @@ A handler subscribes a `deliver` function for its socket and publishes what
 its client says; the hub calls every subscriber's `deliver` with the message
 serialized once. `MemoryHub` reaches the sockets of this process only; `RedisHub`
 (broadcast = redis) reaches every worker of every instance.
+
+The hub carries one other thing the same way: revocations. When a user's
+credentials are revoked (a logout, a new password), `revoke` reaches every
+worker the hub reaches, and each closes the user's sockets it holds through
+the function given to `on_revoke` (revocations.py), echo sockets included:
+they are not chat subscribers.
 """
 
 import json
@@ -14,6 +20,9 @@ from typing import Protocol
 from flask import Flask, current_app
 
 Deliver = Callable[[str], None]
+# (user id, credential version): close the user's sockets opened under an
+# older version.
+Revoke = Callable[[int, int], None]
 
 
 class HubUnavailable(RuntimeError):
@@ -30,6 +39,14 @@ class Hub(Protocol):
     def check(self) -> None:
         """Raise HubUnavailable when publishing would fail."""
 
+    def revoke(self, user_id: int, version: int) -> None:
+        """Have every worker close the user's sockets opened under a credential
+        version below `version`. Never raises: what it cannot reach, the
+        workers' own check of the database closes (revocations.py)."""
+
+    def on_revoke(self, close: Revoke) -> None:
+        """How this worker closes its sockets when a revocation arrives."""
+
 
 class MemoryHub:
     """Fan-out within one process: one gunicorn worker, not several."""
@@ -37,6 +54,7 @@ class MemoryHub:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: set[Deliver] = set()
+        self._close_revoked: Revoke | None = None
 
     def subscribe(self, deliver: Deliver) -> Callable[[], None]:
         with self._lock:
@@ -60,6 +78,13 @@ class MemoryHub:
 
     def check(self) -> None:
         return None
+
+    def revoke(self, user_id: int, version: int) -> None:
+        if self._close_revoked is not None:
+            self._close_revoked(user_id, version)
+
+    def on_revoke(self, close: Revoke) -> None:
+        self._close_revoked = close
 
 
 def create_hub(app: Flask) -> Hub:

@@ -20,6 +20,13 @@ finds another Redis process than the one it was reading; each message carries
 an id of its own, and a worker delivers an id once. What a restart can still
 lose: a message whose own worker stopped too before Redis came back, or one
 that some worker had not read REPLAY_WINDOW seconds after it was published.
+
+Revocations travel in the same stream, as entries of their own kind (a
+`revoke` field instead of `message`), so they have the same order, catch-up
+and replay; the reader hands them to the worker's open connections, not to
+the chat subscribers. One that cannot be added while Redis is away is not
+lost either: each worker also compares its sockets with the database every
+few seconds (revocations.py).
 """
 
 import json
@@ -36,7 +43,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .hub import Deliver, HubUnavailable, MemoryHub
+from .hub import Deliver, HubUnavailable, MemoryHub, Revoke
 
 STREAM = "{{ cookiecutter.package_name }}:chat"
 # The stream is a buffer for workers that are reading again after losing
@@ -84,9 +91,9 @@ class RedisHub:
         self._positioned = threading.Event()
         self._reader: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        # (monotonic time, id, payload) of what this worker published lately,
+        # (monotonic time, stream entry) of what this worker published lately,
         # for a replay. Bounded, for a reader that stays away long.
-        self._published: deque[tuple[float, str, str]] = deque(maxlen=MAX_ENTRIES)
+        self._published: deque[tuple[float, dict]] = deque(maxlen=MAX_ENTRIES)
         self._published_lock = threading.Lock()
 
     def subscribe(self, deliver: Deliver) -> Callable[[], None]:
@@ -103,20 +110,44 @@ class RedisHub:
         # that is reconnecting, so there is nothing to refuse.
         if not self._positioned.is_set():
             raise HubUnavailable(NOT_SENT)
-        message_id = uuid.uuid4().hex
-        payload = json.dumps(message)
+        entry = {"id": uuid.uuid4().hex, "message": json.dumps(message)}
+        try:
+            self._append(entry)
+        except redis.RedisError as error:
+            self._logger.warning("publishing to Redis failed: %s", error)
+            raise HubUnavailable(NOT_SENT) from None
+
+    def revoke(self, user_id: int, version: int) -> None:
+        # This worker's sockets at once, whatever becomes of the entry; the
+        # entry comes back here too, and closes nothing more.
+        self._local.revoke(user_id, version)
+        revocation = json.dumps({"user": user_id, "version": version})
+        try:
+            self._append({"id": uuid.uuid4().hex, "revoke": revocation})
+        except redis.RedisError as error:
+            self._logger.warning(
+                "could not send the revocation of user %s through Redis (%s); the "
+                "other workers close its sockets at their next database check",
+                user_id,
+                error,
+            )
+
+    def on_revoke(self, close: Revoke) -> None:
+        self._local.on_revoke(close)
+
+    def _append(self, entry: dict) -> None:
+        """XADD `entry`, kept for a replay unless the XADD fails."""
         # Kept before the XADD: the reader may find Redis gone and look for
         # what to replay before this thread runs again after the reply.
-        published = (time.monotonic(), message_id, payload)
+        published = (time.monotonic(), entry)
         with self._published_lock:
             self._published.append(published)
         try:
-            self._add(self._redis, message_id, payload)
-        except redis.RedisError as error:
+            self._add(self._redis, entry)
+        except redis.RedisError:
             with self._published_lock, suppress(ValueError):
                 self._published.remove(published)
-            self._logger.warning("publishing to Redis failed: %s", error)
-            raise HubUnavailable(NOT_SENT) from None
+            raise
 
     def check(self) -> None:
         self.start()
@@ -191,13 +222,8 @@ class RedisHub:
                     if delivered.first_time(fields.get(b"id")):
                         self._deliver(fields)
 
-    def _add(self, client, message_id: str, payload: str) -> None:
-        client.xadd(
-            STREAM,
-            {"id": message_id, "message": payload},
-            maxlen=MAX_ENTRIES,
-            approximate=True,
-        )
+    def _add(self, client, entry: dict) -> None:
+        client.xadd(STREAM, entry, maxlen=MAX_ENTRIES, approximate=True)
 
     def _run_id(self) -> str:
         """Which Redis process answers: another one after a restart. Where an
@@ -223,19 +249,19 @@ class RedisHub:
         its id."""
         with self._published_lock:
             recent = [
-                (message_id, payload)
-                for published_at, message_id, payload in self._published
+                entry
+                for published_at, entry in self._published
                 if published_at >= lost_at - REPLAY_WINDOW
             ]
         if not recent:
             return
         pipeline = self._redis.pipeline(transaction=False)
-        for message_id, payload in recent:
-            self._add(pipeline, message_id, payload)
+        for entry in recent:
+            self._add(pipeline, entry)
         pipeline.execute()
         self._logger.warning(
             "Redis is another process than before (restarted?); sent the last %d "
-            "chat messages of this worker again",
+            "chat messages and revocations of this worker again",
             len(recent),
         )
 
@@ -246,10 +272,14 @@ class RedisHub:
 
     def _deliver(self, fields: dict) -> None:
         try:
-            self._local.publish_payload(fields[b"message"].decode())
+            if b"revoke" in fields:
+                revocation = json.loads(fields[b"revoke"])
+                self._local.revoke(revocation["user"], revocation["version"])
+            else:
+                self._local.publish_payload(fields[b"message"].decode())
         except Exception:
             # One entry or socket that fails must not stop this worker's chat.
-            self._logger.exception("delivering a chat message failed")
+            self._logger.exception("handling an entry of the chat stream failed")
 
 
 class DeliveredIds:
