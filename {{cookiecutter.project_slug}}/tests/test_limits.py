@@ -5,11 +5,15 @@ import json
 {%- if cookiecutter.broadcast == "redis" %}
 import os
 import signal
+import threading
 {%- endif %}
 import zlib
 from contextlib import ExitStack, suppress
 
 import pytest
+{%- if cookiecutter.broadcast == "redis" %}
+import redis
+{%- endif %}
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from .conftest import RawWebSocket, bearer_token, open_socket, wait_until
@@ -111,6 +115,57 @@ def test_sockets_of_workers_that_died_stop_counting(start_server, alice):
             return True
 
     wait_until(all_admitted, 30, "the user's sockets admitted again")
+
+
+# Keeps Redis busy for ARGV[1] seconds: a script runs alone, and others wait.
+BUSY = """
+local function now()
+    local time = redis.call('TIME')
+    return tonumber(time[1]) + tonumber(time[2]) / 1e6
+end
+local start = now()
+while now() - start < tonumber(ARGV[1]) do end
+"""
+# Longer than the app waits for Redis (2 s), shorter than Redis's own limit
+# on a script (5 s), past which it would answer others BUSY instead.
+BUSY_SECONDS = 4
+
+
+def test_a_socket_counted_after_the_app_gave_up_on_redis_is_not_kept(
+    start_server, start_redis, alice
+):
+    """Redis answers the handshake's count too late: the handshake gets 503,
+    yet Redis counts the socket once it is free. The worker puts its own
+    count back, so the user is not locked out for as long as it lives (nor
+    counted twice by a resent command)."""
+    store = start_redis()
+    server = start_server(REDIS_URL=store.url, WS_MAX_SOCKETS_PER_USER="1")
+    token = bearer_token(server, alice)
+    with open_socket(server, "/ws/echo", token=token) as ws:
+        ws.send("first")  # the worker now renews its count in this Redis
+        assert ws.recv(timeout=5) == "first"
+
+    client = redis.Redis.from_url(store.url)
+    busy = threading.Thread(target=client.eval, args=(BUSY, 0, BUSY_SECONDS))
+    busy.start()
+    probe = redis.Redis.from_url(store.url, socket_timeout=0.2)
+
+    def redis_is_busy() -> bool:
+        try:
+            probe.ping()
+        except redis.TimeoutError:
+            return True
+        return False
+
+    wait_until(redis_is_busy, 10, "the script to occupy Redis")
+    with pytest.raises(InvalidStatus) as refused:
+        open_socket(server, "/ws/echo", token=token)
+    assert refused.value.response.status_code == 503
+    busy.join(timeout=30)
+
+    with wait_until(lambda: admitted(server, token), 30, "the user's place back") as ws:
+        ws.send("back")
+        assert ws.recv(timeout=5) == "back"
 {%- endif %}
 
 

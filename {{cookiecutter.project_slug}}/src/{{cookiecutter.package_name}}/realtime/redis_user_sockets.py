@@ -18,6 +18,8 @@ import time
 from logging import Logger
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .user_sockets import UserSockets, UserSocketsUnavailable
 
@@ -71,7 +73,16 @@ def worker_hash(worker: str) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=2,
+        # No resending: redis-py would otherwise send a script again after a
+        # timeout, and a count that Redis ran late would then be counted
+        # twice, for as long as this worker lives.
+        # https://redis.readthedocs.io/en/stable/retry.html
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 class RedisUserSockets(UserSockets):
@@ -102,6 +113,9 @@ class RedisUserSockets(UserSockets):
             )
         except redis.RedisError as error:
             super().release(user_id)
+            # A timeout may come after Redis ran the script and counted the
+            # socket: the renewer puts this worker's true count back.
+            self._out_of_sync = True
             raise UserSocketsUnavailable(f"Redis does not answer: {error}") from None
         if not admitted:
             super().release(user_id)
