@@ -377,6 +377,7 @@ def test_app_locations_are_written_once(baked):
     assert re.findall(r"^location (\S+) \{", locations, re.M) == [
         "/static/",
         "/ws/",
+        "/auth/",
         "/",
     ]
     proxied = rendered["default.conf"].count("proxy_pass") + locations.count(
@@ -385,9 +386,35 @@ def test_app_locations_are_written_once(baked):
     included = (rendered["default.conf"] + locations).count(
         "include /etc/nginx/conf.d/app/forwarded-headers.conf;"
     )
-    assert proxied == included == 3
+    assert proxied == included == 4
     headers = rendered["app/forwarded-headers.conf"]
     assert "proxy_set_header X-Forwarded-Proto $forwarded_proto_chain;" in headers
+
+
+def test_nginx_limits_auth_with_the_variables_compose_sets(baked):
+    """A second line in front of the app's own limits: a limit_req zone per
+    client address, applied to /auth/ only, answering 429."""
+    project = baked().project_path
+    nginx = load_generated_nginx_helper(project).compose_nginx_environment()
+    assert nginx["NGINX_AUTH_RATE"] == "1r/s"
+    assert nginx["NGINX_AUTH_BURST"] == "40"
+    rendered = load_generated_nginx_helper(project).render_templates(
+        NGINX_AUTH_RATE="7r/s", NGINX_AUTH_BURST="9"
+    )
+    assert (
+        "limit_req_zone $binary_remote_addr zone=auth:10m rate=7r/s;"
+        in rendered["default.conf"]
+    )
+    auth = re.search(
+        r"^location /auth/ \{\n(.*?)^\}", rendered["app/locations.conf"], re.M | re.S
+    )
+    assert auth, "no /auth/ location"
+    assert "    limit_req zone=auth burst=9 nodelay;\n" in auth.group(1)
+    assert "    limit_req_status 429;\n" in auth.group(1)
+    assert rendered["app/locations.conf"].count("limit_req zone=") == 1
+    example = (project / ".env.example").read_text()
+    assert "\nNGINX_AUTH_RATE=1r/s\n" in example
+    assert "\nNGINX_AUTH_BURST=40\n" in example
 
 
 def self_signed_pair(folder):

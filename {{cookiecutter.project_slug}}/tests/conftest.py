@@ -28,7 +28,7 @@ from websockets.sync.client import connect
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "{{ cookiecutter.package_name }}"
 BIN = Path(sys.executable).parent
-PASSWORD = "correct horse battery"
+PASSWORD = "correct horse battery"  # noqa: S105 (the test accounts' password)
 
 
 def require(available: bool, reason: str) -> None:
@@ -140,6 +140,14 @@ def database_url(tmp_path_factory):
 {%- endif %}
 
 
+# The suite logs in far more often than a person; tests/test_rate_limits.py
+# checks the limits on servers of its own.
+UNLIMITED_LOGINS = {
+    "AUTH_LIMIT_PER_ADDRESS": "100000/minute",
+    "AUTH_LIMIT_PER_ACCOUNT": "100000/minute",
+}
+
+
 {%- if cookiecutter.broadcast == "redis" %}
 
 
@@ -190,6 +198,7 @@ def settings(database_url, start_redis) -> dict:
         "SECRET_KEY": secrets.token_urlsafe(48),
         "DATABASE_URL": database_url,
         "REDIS_URL": start_redis().url,
+        **UNLIMITED_LOGINS,
     }
 {%- else %}
 
@@ -201,6 +210,7 @@ def settings(database_url) -> dict:
         "APP_ENV": "testing",
         "SECRET_KEY": secrets.token_urlsafe(48),
         "DATABASE_URL": database_url,
+        **UNLIMITED_LOGINS,
     }
 {%- endif %}
 
@@ -326,6 +336,9 @@ def start_server(migrated, tmp_path_factory):
 {%- if cookiecutter.use_docker == "y" %}
 
 
+UNLIMITED_NGINX_AUTH = {"NGINX_AUTH_RATE": "1000r/s", "NGINX_AUTH_BURST": "100000"}
+
+
 @pytest.fixture(scope="session")
 def start_nginx(tmp_path_factory):
     """Start Debian's nginx, with the generated config, in front of gunicorn
@@ -340,6 +353,9 @@ def start_nginx(tmp_path_factory):
 
     def start(*servers, **variables: str) -> Nginx:
         upstreams = [f"127.0.0.1:{server.port}" for server in servers]
+        # As for the app's limits: test_nginx.py checks nginx's own on an
+        # nginx of its own.
+        variables = {**UNLIMITED_NGINX_AUTH, **variables}
         nginx = Nginx(tmp_path_factory.mktemp("nginx"), upstreams, **variables)
         started.append(nginx)
         return nginx.start()
@@ -381,7 +397,9 @@ def bob(make_user) -> str:
 
 
 def bearer_token(server: Server, email: str) -> str:
-    response = requests.post(f"{server.url}/auth/token", auth=(email, PASSWORD))
+    response = requests.post(
+        f"{server.url}/auth/token", auth=(email, PASSWORD), timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()["token"]
 

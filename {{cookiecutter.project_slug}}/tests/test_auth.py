@@ -39,7 +39,7 @@ def test_users_create_prompts_for_the_password(migrated):
 
 
 def test_demo_page_redirects_anonymous_visitors_to_login(server):
-    response = requests.get(f"{server.url}/", allow_redirects=False)
+    response = requests.get(f"{server.url}/", allow_redirects=False, timeout=30)
     assert response.status_code == 302
     assert response.headers["Location"] == "/auth/login?next=/"
 
@@ -76,6 +76,7 @@ def test_login_without_csrf_token_is_refused(server, alice):
         f"{server.url}/auth/login",
         data={"email": alice, "password": PASSWORD},
         allow_redirects=False,
+        timeout=30,
     )
     assert response.status_code == 400
 
@@ -129,14 +130,18 @@ def test_login_redirects_only_to_paths_of_this_site(server, alice, next_page, lo
 
 
 def test_token_for_wrong_credentials_is_401_json(server, alice):
-    response = requests.post(f"{server.url}/auth/token", auth=(alice, "wrong"))
+    response = requests.post(
+        f"{server.url}/auth/token", auth=(alice, "wrong"), timeout=30
+    )
     assert response.status_code == 401
     assert response.json() == {"error": "invalid email or password"}
-    assert requests.post(f"{server.url}/auth/token").status_code == 401
+    assert requests.post(f"{server.url}/auth/token", timeout=30).status_code == 401
 
 
 def test_token_response_says_when_it_expires(server, alice):
-    response = requests.post(f"{server.url}/auth/token", auth=(alice, PASSWORD))
+    response = requests.post(
+        f"{server.url}/auth/token", auth=(alice, PASSWORD), timeout=30
+    )
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"token", "expires_in"}

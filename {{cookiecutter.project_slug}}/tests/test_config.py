@@ -59,7 +59,8 @@ def test_gunicorn_refuses_to_start_without_a_real_secret_key(tmp_path, secret, m
 
 @pytest.mark.parametrize("app_env", ["development", "production"])
 def test_the_placeholder_of_env_example_never_starts(tmp_path, app_env):
-    result = start_gunicorn(tmp_path, APP_ENV=app_env, SECRET_KEY="change-me")
+    placeholder = "change-me"  # noqa: S105 (the one .env.example ships)
+    result = start_gunicorn(tmp_path, APP_ENV=app_env, SECRET_KEY=placeholder)
     assert result.returncode == 1
     assert result.stderr == f"error: SECRET_KEY is a placeholder; {HINT}\n"
 
@@ -100,6 +101,18 @@ def test_flask_command_refuses_too(tmp_path):
             "maybe",
             "error: WS_COMPRESSION must be on or off, got 'maybe'",
         ),
+        (
+            "AUTH_LIMIT_PER_ACCOUNT",
+            "5 a minute",
+            "error: AUTH_LIMIT_PER_ACCOUNT must be a rate such as 30/minute, "
+            "got '5 a minute'",
+        ),
+        (
+            "AUTH_LIMIT_PER_ADDRESS",
+            "0/minute",
+            "error: AUTH_LIMIT_PER_ADDRESS must be a rate such as 30/minute, "
+            "got '0/minute'",
+        ),
     ],
 )
 def test_a_wrong_setting_is_one_clear_line(tmp_path, name, value, message):
@@ -112,21 +125,22 @@ def test_a_wrong_setting_is_one_clear_line(tmp_path, name, value, message):
 
 def test_production_session_cookie_is_secure_httponly_lax(start_server):
     server = start_server(APP_ENV="production", SECRET_KEY=secrets.token_urlsafe(48))
-    cookie = requests.get(f"{server.url}/auth/login").headers["Set-Cookie"]
+    cookie = requests.get(f"{server.url}/auth/login", timeout=30).headers["Set-Cookie"]
     attributes = {part.strip().split("=")[0] for part in cookie.split(";")}
     assert {"Secure", "HttpOnly", "SameSite"} <= attributes
     assert "SameSite=Lax" in cookie
 
 
 def test_development_session_cookie_is_httponly_lax_but_not_secure(server):
-    cookie = requests.get(f"{server.url}/auth/login").headers["Set-Cookie"]
+    cookie = requests.get(f"{server.url}/auth/login", timeout=30).headers["Set-Cookie"]
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
     assert "Secure" not in cookie
 
 
 @pytest.mark.parametrize(
-    ("host", "listening"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")]
+    ("host", "listening"),
+    [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")],  # noqa: S104 (checked, not used)
 )
 def test_gunicorn_listens_on_loopback_unless_host_says_otherwise(
     settings, tmp_path, host, listening

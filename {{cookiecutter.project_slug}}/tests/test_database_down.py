@@ -227,7 +227,9 @@ def test_database_outage_answers_503_and_recovers_without_restart(
             submit_form(requests.Session(), f"{server.url}/auth/register", registration)
         )
         assert_unavailable_json(
-            requests.post(f"{server.url}/auth/token", auth=(email, PASSWORD))
+            requests.post(
+                f"{server.url}/auth/token", auth=(email, PASSWORD), timeout=30
+            )
         )
         with pytest.raises(InvalidStatus) as refusal:
             open_socket(server, "/ws/echo", token=token)
@@ -237,7 +239,7 @@ def test_database_outage_answers_503_and_recovers_without_restart(
         assert json.loads(handshake.body) == {"error": MESSAGE}
         # The logged-in browser's session names a user only the database knows.
         assert_unavailable_page(browser.get(f"{server.url}/", allow_redirects=False))
-        assert requests.get(f"{server.url}/readyz").status_code == 503
+        assert requests.get(f"{server.url}/readyz", timeout=30).status_code == 503
         # The socket let in before the outage holds no database connection.
         assert echoes(ws, "during")
         assert len(REFUSAL_LOGGED.findall(server.log())) == 5, server.log()
@@ -251,5 +253,5 @@ def test_database_outage_answers_503_and_recovers_without_restart(
             assert echoes(fresh, "after")
         assert echoes(ws, "still open")
         assert browser.get(f"{server.url}/", allow_redirects=False).status_code == 200
-    assert requests.get(f"{server.url}/readyz").status_code == 200
+    assert requests.get(f"{server.url}/readyz", timeout=30).status_code == 200
     assert_clean_log(server)

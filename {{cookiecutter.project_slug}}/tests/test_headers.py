@@ -35,14 +35,14 @@ def test_demo_page_has_the_security_headers(server, alice):
 
 @pytest.mark.parametrize("path", ["/auth/login", "/auth/register"])
 def test_account_pages_have_the_security_headers(server, path):
-    response = requests.get(f"{server.url}{path}")
+    response = requests.get(f"{server.url}{path}", timeout=30)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/html")
     assert security_headers(response) == EXPECTED
 
 
 def test_redirect_to_the_login_page_has_the_security_headers(server):
-    response = requests.get(f"{server.url}/", allow_redirects=False)
+    response = requests.get(f"{server.url}/", allow_redirects=False, timeout=30)
     assert response.status_code == 302
     assert security_headers(response) == EXPECTED
 
@@ -74,7 +74,7 @@ def test_unavailable_page_has_the_security_headers(
 def test_other_responses_have_the_security_headers_too(server, method, path, status):
     """JSON and static files get the same headers: nosniff matters most for
     scripts and stylesheets, and the policy does no harm where no page uses it."""
-    response = requests.request(method, f"{server.url}{path}")
+    response = requests.request(method, f"{server.url}{path}", timeout=30)
     assert response.status_code == status
     assert security_headers(response) == EXPECTED
 

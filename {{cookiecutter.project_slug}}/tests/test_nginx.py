@@ -7,6 +7,7 @@ locations are the very ones the HTTPS server includes; tests/test_tls.py runs
 the config as shipped, with HTTPS.
 """
 
+import http.client
 import re
 import time
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
 from .conftest import PROJECT_ROOT, bearer_token, log_in, open_socket
-from .nginx import STATIC
+from .nginx import STATIC, compose_nginx_environment
 
 # The address a client of these tests connects from: loopback, but not the
 # 127.0.0.1 that nginx uses towards the app, so the two cannot be confused.
@@ -280,3 +281,51 @@ def test_static_folder_matches_the_one_compose_mounts():
     compose = (PROJECT_ROOT / "compose.yaml").read_text()
     mount = f"./{STATIC.relative_to(PROJECT_ROOT).as_posix()}:/srv/static:ro"
     assert mount in compose
+
+
+def get_from(address: str, proxy, paths: list[str]) -> list[tuple[int, str]]:
+    """GET each of `paths` on one connection from `address`: (status, body)."""
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", proxy.port, timeout=10, source_address=(address, 0)
+    )
+    answers = []
+    try:
+        for path in paths:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            answers.append((response.status, response.read().decode()))
+    finally:
+        connection.close()
+    return answers
+
+
+def test_nginx_answers_429_itself_past_its_limit_on_auth(start_nginx, app_behind_proxy):
+    """The limit as compose.yaml ships it: a burst passes, then each address
+    gets one request a second; the rest is refused by nginx and never reaches
+    gunicorn. Other addresses and other paths are not affected."""
+    shipped = compose_nginx_environment()
+    rate = int(re.fullmatch(r"(\d+)r/s", shipped["NGINX_AUTH_RATE"]).group(1))
+    burst = int(shipped["NGINX_AUTH_BURST"])
+    edge = start_nginx(
+        app_behind_proxy,
+        NGINX_AUTH_RATE=shipped["NGINX_AUTH_RATE"],
+        NGINX_AUTH_BURST=str(burst),
+    )
+    paths = [f"/auth/login?probe={n}" for n in range(burst + 30)]
+    started = time.monotonic()
+    answers = get_from(CLIENT_ADDRESS, edge, paths)
+    elapsed = time.monotonic() - started
+
+    statuses = [status for status, _ in answers]
+    assert statuses[: burst + 1] == [200] * (burst + 1)
+    served = statuses.count(200)
+    assert served <= burst + 1 + rate * (int(elapsed) + 1), statuses
+    refused = [n for n, (status, _) in enumerate(answers) if status == 429]
+    assert len(refused) == len(paths) - served, statuses
+    for n in refused:
+        assert "<center>nginx</center>" in answers[n][1]
+        assert f"probe={n} " not in app_behind_proxy.log()
+
+    # Someone else, and the same client elsewhere than /auth/, are served.
+    assert get_from("127.0.0.3", edge, ["/auth/login"])[0][0] == 200
+    assert get_from(CLIENT_ADDRESS, edge, ["/healthz"])[0][0] == 200

@@ -125,12 +125,14 @@ def test_redis_outage_degrades_then_recovers(start_server, start_redis, alice):
         assert heard(sender)["text"] == "before"
 
         redis_server.stop()
-        eventually(lambda: requests.get(f"{server.url}/readyz").status_code == 503)
-        assert requests.get(f"{server.url}/readyz").json()["checks"] == {
+        eventually(
+            lambda: requests.get(f"{server.url}/readyz", timeout=30).status_code == 503
+        )
+        assert requests.get(f"{server.url}/readyz", timeout=30).json()["checks"] == {
             "database": "ok",
             "broadcast": "unavailable",
         }
-        assert requests.get(f"{server.url}/healthz").status_code == 200
+        assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200
         say(sender, "during")
         assert heard(sender) == NOT_SENT
         # The user's sockets are counted in Redis: no count, no new socket.
@@ -140,7 +142,9 @@ def test_redis_outage_degrades_then_recovers(start_server, start_redis, alice):
         assert refused.value.response.headers["Retry-After"] == "5"
 
         start_redis(port=redis_server.port)
-        eventually(lambda: requests.get(f"{server.url}/readyz").status_code == 200)
+        eventually(
+            lambda: requests.get(f"{server.url}/readyz", timeout=30).status_code == 200
+        )
         say(sender, "after")
         # A worker may still be waiting out its reconnect backoff; the stream
         # keeps "after" until it reads again. "during" was refused, never

@@ -24,7 +24,7 @@ from .conftest import (
     submit_form,
 )
 
-NEW_PASSWORD = "a new and longer passphrase"
+NEW_PASSWORD = "a new and longer passphrase"  # noqa: S105 (a test account's)
 REVOKED = (1008, "credentials revoked")
 # What the hub carries closes sockets in milliseconds; well under
 # RECHECK_EVERY, so that the database check cannot pass for it.
@@ -97,7 +97,7 @@ def assert_locked_out(server, *, browser=None, token=None) -> None:
         assert handshake_status(server, browser=browser) == 401
     if token is not None:
         response = requests.get(
-            f"{server.url}/", headers={"Authorization": f"Bearer {token}"}
+            f"{server.url}/", headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
         assert response.status_code == 401
         assert response.json() == {"error": "authentication required"}
@@ -189,13 +189,15 @@ def test_changing_the_password_keeps_this_browser_and_revokes_the_rest(server):
     assert "Your password is changed" in page.text
     with open_socket(server, "/ws/echo", browser=changer) as ws:
         assert_still_open(ws)
-    old = requests.post(f"{server.url}/auth/token", auth=(email, PASSWORD))
+    old = requests.post(f"{server.url}/auth/token", auth=(email, PASSWORD), timeout=30)
     assert old.status_code == 401
     assert handshake_status(server, token=bearer_token_with(server, email)) == 101
 
 
 def bearer_token_with(server, email: str, password: str = NEW_PASSWORD) -> str:
-    response = requests.post(f"{server.url}/auth/token", auth=(email, password))
+    response = requests.post(
+        f"{server.url}/auth/token", auth=(email, password), timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()["token"]
 
@@ -237,7 +239,9 @@ def test_password_page_refuses_and_revokes_nothing(server, fields, error):
 
 
 def test_password_page_needs_a_login(server):
-    response = requests.get(f"{server.url}/auth/password", allow_redirects=False)
+    response = requests.get(
+        f"{server.url}/auth/password", allow_redirects=False, timeout=30
+    )
     assert response.status_code == 302
     assert response.headers["Location"] == "/auth/login?next=/auth/password"
 

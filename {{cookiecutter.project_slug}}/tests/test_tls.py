@@ -215,7 +215,9 @@ def test_every_https_response_has_the_hsts_header(proxy, ca_file, path):
     "path", ["/", "/auth/login?next=%2F", "/ws/chat", "/static/style.css"]
 )
 def test_plain_http_redirects_to_the_same_url_over_https(proxy, path):
-    response = requests.get(f"{proxy.http_url}{path}", allow_redirects=False)
+    response = requests.get(
+        f"{proxy.http_url}{path}", allow_redirects=False, timeout=30
+    )
     assert response.status_code == 301
     assert response.headers["Location"] == f"https://127.0.0.1:{proxy.tls_port}{path}"
     assert "Strict-Transport-Security" not in response.headers
@@ -226,6 +228,7 @@ def test_a_form_posted_over_plain_http_is_redirected_not_served(proxy, alice):
         f"{proxy.http_url}/auth/login",
         data={"email": alice, "password": PASSWORD},
         allow_redirects=False,
+        timeout=30,
     )
     assert response.status_code == 301
     assert response.headers["Location"] == (
@@ -243,7 +246,7 @@ def test_healthz_answers_over_plain_http(proxy):
 
 def test_acme_challenges_are_served_over_plain_http(proxy):
     """certbot --webroot writes the token, Let's Encrypt fetches it on port 80."""
-    token = "t0ken-from-certbot"
+    token = "t0ken-from-certbot"  # noqa: S105 (an ACME challenge's name)
     challenges = proxy.acme_webroot / ".well-known" / "acme-challenge"
     challenges.mkdir(parents=True, exist_ok=True)
     (challenges / token).write_text("t0ken-from-certbot.key-thumbprint")
@@ -254,14 +257,16 @@ def test_acme_challenges_are_served_over_plain_http(proxy):
     assert response.text == "t0ken-from-certbot.key-thumbprint"
     # Nothing else under .well-known stays on plain HTTP.
     other = requests.get(
-        f"{proxy.http_url}/.well-known/security.txt", allow_redirects=False
+        f"{proxy.http_url}/.well-known/security.txt", allow_redirects=False, timeout=30
     )
     assert other.status_code == 301
 
 
 def test_redirect_to_port_443_names_no_port(start_nginx, production_app, certs):
     proxy = start_nginx(production_app, certs=certs, NGINX_HTTPS_PORT="443")
-    response = requests.get(f"{proxy.http_url}/auth/login", allow_redirects=False)
+    response = requests.get(
+        f"{proxy.http_url}/auth/login", allow_redirects=False, timeout=30
+    )
     assert response.headers["Location"] == "https://127.0.0.1/auth/login"
 
 

@@ -80,5 +80,6 @@ def test_plain_http_request_to_a_socket_route_is_refused(server, alice):
     response = requests.get(
         f"{server.url}/ws/echo",
         headers={"Authorization": f"Bearer {bearer_token(server, alice)}"},
+        timeout=30,
     )
     assert response.status_code == 400

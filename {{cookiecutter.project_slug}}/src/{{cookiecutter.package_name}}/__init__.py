@@ -9,7 +9,7 @@ from flask import Flask
 
 from .config import Settings
 from .errors import register_error_handlers
-from .extensions import csrf, db, login_manager, migrate, sock
+from .extensions import csrf, db, limiter, login_manager, migrate, sock
 from .proxy import trust_forwarded_headers
 from .security import register_security_headers
 
@@ -50,6 +50,7 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db)
     csrf.init_app(app)
     login_manager.init_app(app)
+    limiter.init_app(app)
     sock.init_app(app)
 
 

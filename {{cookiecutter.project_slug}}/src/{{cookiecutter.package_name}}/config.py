@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dotenv import dotenv_values
+from limits import parse_many
+{%- if cookiecutter.broadcast == "redis" %}
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+{%- endif %}
 
 ENVIRONMENTS = ("production", "development", "testing")
 
@@ -60,6 +65,8 @@ class Settings:
     ws_max_sockets_per_user: int
     ws_max_messages_per_second: int
     token_max_age: int
+    auth_limit_per_address: str
+    auth_limit_per_account: str
     trusted_proxy_count: int
     forwarded_allow_ips: tuple[str, ...]
     host: str
@@ -114,6 +121,8 @@ class Settings:
                 "WS_MAX_MESSAGES_PER_SECOND", 20, minimum=1
             ),
             token_max_age=env.integer("TOKEN_MAX_AGE", 3600, minimum=1),
+            auth_limit_per_address=env.rate("AUTH_LIMIT_PER_ADDRESS", "30/minute"),
+            auth_limit_per_account=env.rate("AUTH_LIMIT_PER_ACCOUNT", "5/minute"),
             trusted_proxy_count=env.integer("TRUSTED_PROXY_COUNT", 0, minimum=0),
             # gunicorn's own default, and the same variable gunicorn reads.
             forwarded_allow_ips=env.addresses("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
@@ -147,6 +156,31 @@ class Settings:
             "REDIS_URL": self.redis_url,
             "ALLOWED_ORIGINS": self.allowed_origins,
             "TOKEN_MAX_AGE": self.token_max_age,
+            # Read by auth/limits.py, and the Flask-Limiter settings they need.
+            # A moving window: a fixed one lets twice the limit through
+            # across the turn of a minute.
+            # https://flask-limiter.readthedocs.io/en/stable/configuration.html
+            "AUTH_LIMIT_PER_ADDRESS": self.auth_limit_per_address,
+            "AUTH_LIMIT_PER_ACCOUNT": self.auth_limit_per_account,
+            "RATELIMIT_STRATEGY": "moving-window",
+            "RATELIMIT_KEY_PREFIX": "{{ cookiecutter.package_name }}",
+{%- if cookiecutter.broadcast == "redis" %}
+            # Shared by every worker and instance. With Redis down each worker
+            # counts on its own rather than refuse every login.
+            "RATELIMIT_STORAGE_URI": self.redis_url,
+            # Given up on after 2 s, not resent: redis-py's default retries
+            # would hold a login for many seconds while Redis is away.
+            "RATELIMIT_STORAGE_OPTIONS": {
+                "socket_connect_timeout": 2,
+                "socket_timeout": 2,
+                "retry": Retry(NoBackoff(), 0),
+            },
+            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+{%- else %}
+            # Counted in each worker's memory: exact with one worker
+            # (WEB_CONCURRENCY=1, the default here), per worker with more.
+            "RATELIMIT_STORAGE_URI": "memory://",
+{%- endif %}
             "TRUSTED_PROXY_COUNT": self.trusted_proxy_count,
             "FORWARDED_ALLOW_IPS": self.forwarded_allow_ips,
             "WEBSOCKETS_PER_WORKER": self.websockets_per_worker,
@@ -205,6 +239,20 @@ class _Reader:
         if raw.lower() in ("off", "false", "no", "0"):
             return False
         raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
+    def rate(self, name: str, default: str) -> str:
+        """A rate such as `30/minute` or `5 per 10 seconds`, or several
+        separated by `;`, in the notation of the limits library:
+        https://limits.readthedocs.io/en/stable/quickstart.html#rate-limit-string-notation
+        """
+        raw = self.str(name, default)
+        try:
+            items = parse_many(raw)
+        except ValueError:
+            items = []
+        if not items or any(item.amount < 1 for item in items):
+            raise ConfigError(f"{name} must be a rate such as 30/minute, got {raw!r}")
+        return raw
 
     def addresses(self, name: str, default: str) -> tuple[str, ...]:
         """IP addresses or networks (CIDR), comma-separated; `*` means any."""

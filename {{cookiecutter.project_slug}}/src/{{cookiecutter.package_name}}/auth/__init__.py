@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
 
-from . import loaders, views  # noqa: E402,F401  (they register on bp and login_manager)
+from . import limits, loaders, views  # noqa: E402,F401  (they register on bp and login_manager)

@@ -15,6 +15,7 @@ from ..extensions import csrf, db
 from ..realtime.revocations import close_revoked_sockets
 from . import bp
 from .forms import ChangePasswordForm, LoginForm, LogoutForm, RegisterForm
+from .limits import per_account, per_address
 from .models import AccountError, User, change_password, create_user
 from .tokens import issue_token
 
@@ -63,6 +64,8 @@ def inject_logout_form() -> dict:
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@per_address
+@per_account
 def login():
     form = LoginForm()
     if form.validate_on_submit():
@@ -76,6 +79,8 @@ def login():
 
 
 @bp.route("/register", methods=["GET", "POST"])
+@per_address
+@per_account
 def register():
     form = RegisterForm()
     if form.validate_on_submit():
@@ -107,6 +112,8 @@ def logout():
 
 @bp.route("/password", methods=["GET", "POST"])
 @login_required
+@per_address
+@per_account
 def password():
     form = ChangePasswordForm()
     if form.validate_on_submit():
@@ -131,6 +138,8 @@ def password():
 
 @bp.post("/token")
 @csrf.exempt  # HTTP Basic credentials are not sent by browsers on their own.
+@per_address
+@per_account
 def token():
     credentials = request.authorization
     user = None

@@ -201,7 +201,7 @@ class RedisHub:
             except (redis.RedisError, OSError) as error:
                 if lost_at is None:
                     lost_at = time.monotonic()
-                delay = retry * random.uniform(0.5, 1.0)
+                delay = retry * random.uniform(0.5, 1.0)  # noqa: S311  (jitter)
                 self._logger.warning(
                     "cannot read the chat stream in Redis (%s); retrying in %.1f s",
                     error,
