@@ -635,8 +635,10 @@ def kilobytes(report: dict, group="server"):
 def cpu(report: dict) -> str:
     parts = [f"client {report['client_cpu_share']:.0%}"]
     for group, label in (("server", "gunicorn"), ("proxy", "nginx")):
-        if group in report:
+        if group in report and report[group]["cpu_share"] is not None:
             parts.append(f"{label} {report[group]['cpu_share']:.0%}")
+        elif group in report:
+            parts.append(f"{label} not measured (its processes changed)")
     return ", ".join(parts)
 
 
@@ -1062,7 +1064,7 @@ def echo_notes(worker_class: str, rows: list[dict], cores: int) -> list[str]:
 
     def busy(report: dict) -> float:
         return report["client_cpu_share"] + sum(
-            report[group]["cpu_share"]
+            report[group]["cpu_share"] or 0
             for group in ("server", "proxy")
             if group in report
         )

@@ -1,7 +1,7 @@
 """Open many authenticated WebSockets, check each with an echo, hold them, report.
 
     python scripts/loadtest.py ws://127.0.0.1:8080/ws/echo -n 10000 --hold 60 \\
-        --user you@example.com --server-match "gunicorn -c gunicorn.conf.py"
+        --user you@example.com --server-pid "$(cat gunicorn.pid)"
 
 It asks /auth/token once for a bearer token (HTTP Basic, `--user`, and the
 password from `--password`, $LOADTEST_PASSWORD or a prompt; or give `--token`),
@@ -16,8 +16,12 @@ Memory per socket: the resident memory (VmRSS in /proc/PID/status) of the
 server's processes, summed, once before the first socket opens and once at the
 end of the hold while every socket is open, divided by the sockets held. The
 processes are those given by `--server-pid` (the gunicorn master: its workers
-are counted with it) or every process whose command line contains
-`--server-match`; `--proxy-pid` / `--proxy-match` report nginx the same way.
+are counted with it), or the one process whose command line contains
+`--server-match`, with its own (a text that more than one separate process
+contains is refused: name the master by its PID); `--proxy-pid` /
+`--proxy-match` report nginx the same way. When the processes change during
+the run (a worker restarted), the figures are not comparable, and the report
+says so instead of giving them.
 The CPU they used during the hold is reported too, as a share of one core,
 with the client's own: a client near 100% means the client, not the server,
 set the pace. Measure a freshly started server (`--warmup 200` first opens
@@ -118,18 +122,20 @@ class Results:
 
 @dataclass
 class Watched:
-    """Processes given by PID (their descendants with them) or by a text their
-    command line contains."""
+    """Processes given by PID, their descendants with them."""
 
     pids: list[int]
-    match: str | None = None
 
 
 @dataclass
 class Sample:
-    processes: int
+    pids: tuple[int, ...]
     resident_bytes: int
     cpu_seconds: float
+
+    @property
+    def processes(self) -> int:
+        return len(self.pids)
 
 
 def process_table() -> dict[int, tuple[int, str]]:
@@ -151,20 +157,50 @@ def process_table() -> dict[int, tuple[int, str]]:
 
 def watched_processes(watched: Watched) -> list[int]:
     table = process_table()
-    chosen = {pid for pid in watched.pids if pid in table}
-    if watched.match:
-        chosen |= {
-            pid
-            for pid, (_, command) in table.items()
-            if watched.match in command and pid != os.getpid()
-        }
-    # Descendants: a few passes cover gunicorn's master -> workers.
+    given = {pid for pid in watched.pids if pid in table}
+    return sorted(with_descendants(given, table))
+
+
+def with_descendants(pids: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
+    chosen = set(pids)
+    # A few passes cover gunicorn's master -> workers.
     for _ in range(8):
         children = {pid for pid, (parent, _) in table.items() if parent in chosen}
         if children <= chosen:
             break
         chosen |= children
-    return sorted(chosen)
+    return chosen
+
+
+def ancestors(pid: int, table: dict[int, tuple[int, str]]) -> set[int]:
+    found = set()
+    while pid in table and pid not in found:
+        found.add(pid)
+        pid = table[pid][0]
+    return found
+
+
+def matching_process(name: str, text: str) -> int:
+    """The one process tree whose command lines contain `text`: its top
+    process. Exits with one line when there is none or more than one."""
+    table = process_table()
+    # This tool's own command line, and the shell's that started it, hold the
+    # text too.
+    ours = ancestors(os.getpid(), table)
+    matched = {pid for pid, (_, command) in table.items() if text in command} - ours
+    # A gunicorn worker has its master's command line: count the master only.
+    tops = sorted(
+        pid for pid in matched if not (ancestors(pid, table) - {pid}) & matched
+    )
+    if not tops:
+        sys.exit(f"error: --{name}-match {text!r} matches no running process")
+    if len(tops) > 1:
+        listed = ", ".join(map(str, tops))
+        sys.exit(
+            f"error: --{name}-match {text!r} matches {len(tops)} separate "
+            f"processes (pids {listed}); give the one to measure with --{name}-pid"
+        )
+    return tops[0]
 
 
 def sample(watched: Watched) -> Sample:
@@ -183,7 +219,7 @@ def sample(watched: Watched) -> Sample:
                 resident += int(line.split()[1]) * 1024
         fields = stat.rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return Sample(len(pids), resident, ticks / os.sysconf("SC_CLK_TCK"))
+    return Sample(tuple(pids), resident, ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def sample_all(plan: Plan) -> dict[str, Sample]:
@@ -598,13 +634,18 @@ def summary(plan: Plan, results: Results) -> dict:
     for name, before in results.before.items():
         start, end = results.hold_start[name], results.hold_end[name]
         grown = end.resident_bytes - before.resident_bytes
+        # Memory and CPU time of different processes cannot be subtracted.
+        same = before.pids == start.pids == end.pids
         report[name] = {
             "processes": end.processes,
+            "same_processes": same,
             "before_bytes": before.resident_bytes,
             "held_bytes": end.resident_bytes,
-            "per_socket_bytes": round(grown / held) if held else None,
+            "per_socket_bytes": round(grown / held) if held and same else None,
             # CPU time during the hold, as a share of one core.
-            "cpu_share": round((end.cpu_seconds - start.cpu_seconds) / hold, 3),
+            "cpu_share": (
+                round((end.cpu_seconds - start.cpu_seconds) / hold, 3) if same else None
+            ),
         }
     return report
 
@@ -647,6 +688,12 @@ def print_report(report: dict) -> None:
         if name not in report:
             continue
         group = report[name]
+        if not group["same_processes"]:
+            lines.append(
+                f"{name:<11} not measured: its processes changed during the run "
+                "(a worker restarted or exited)"
+            )
+            continue
         per_socket = group["per_socket_bytes"]
         each = "" if per_socket is None else f" ({per_socket / 1024:.1f} KB per socket)"
         lines.append(
@@ -743,7 +790,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         )
         parser.add_argument(
             f"--{name}-match",
-            help="or every process whose command line contains this text",
+            help="or the one process whose command line contains this text",
         )
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -760,13 +807,17 @@ def watched_groups(arguments: argparse.Namespace) -> dict[str, Watched]:
             getattr(arguments, f"{name}_pid"),
             getattr(arguments, f"{name}_match"),
         )
-        if pids or match:
-            groups[name] = Watched(pids, match)
+        if match:
+            pids = [*pids, matching_process(name, match)]
+        if pids:
+            groups[name] = Watched(pids)
     return groups
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
+    # Before anything else: a wrong --server-match should cost no socket.
+    watched = watched_groups(arguments)
     token = arguments.token
     if not token and arguments.user:
         password = arguments.password or os.environ.get("LOADTEST_PASSWORD")
@@ -791,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         stop_on_failure=arguments.stop_on_failure,
         warmup=arguments.warmup,
-        watched=watched_groups(arguments),
+        watched=watched,
     )
     results = asyncio.run(run(plan, Progress(enabled=not arguments.quiet)))
     report = summary(plan, results)
