@@ -2,9 +2,10 @@
 
 No Docker engine runs here, so: compose.yaml is read by `docker-compose
 config` where that command exists (its compose-spec schema check is in
-test_bake.py), the Dockerfile by hadolint, and the nginx config, rendered as
-the nginx image renders it, by gixy. The same nginx config runs for real in
-the generated project's own tests (tests/test_nginx.py).
+test_bake.py), the Dockerfile by hadolint (and its HEALTHCHECK command is run
+here), and the nginx config, rendered as the nginx image renders it, by gixy.
+The same nginx config runs for real in the generated project's own tests
+(tests/test_nginx.py), found from the Dockerfile's nginx stage as its image is.
 """
 
 import importlib.util
@@ -14,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -71,11 +74,52 @@ def load_generated_nginx_helper(project):
 # --- compose.yaml ---------------------------------------------------------
 
 
+def readme_settings(project):
+    """The variables of the generated README's settings table, in its order."""
+    readme = (project / "README.md").read_text()
+    section = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", section, re.M)
+
+
+def env_example_variables(project):
+    """The variables `.env.example` gives a line `NAME=...` to."""
+    example = (project / ".env.example").read_text()
+    return re.findall(r"^([A-Z][A-Z0-9_]*)=", example, re.M)
+
+
+def settings_fixed_for_the_stack(context, secrets=None):
+    """What compose.yaml gives the app whatever .env and the shell say: as the
+    file writes it, or, with `secrets`, as `docker-compose config` resolves it."""
+    package = context["package_name"]
+    fixed = {
+        "APP_ENV": "production",
+        "SECRET_KEY": "${SECRET_KEY:?set SECRET_KEY in .env or the environment}",
+        "HOST": "0.0.0.0",
+        "TRUSTED_PROXY_COUNT": "1",
+        "FORWARDED_ALLOW_IPS": "*",
+    }
+    if context["database"] == "postgresql":
+        password = "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env or the "
+        password += "environment}"
+        fixed["DATABASE_URL"] = (
+            f"postgresql+psycopg://{package}:{password}@db:5432/{package}"
+        )
+    if context["broadcast"] == "redis":
+        fixed["REDIS_URL"] = "redis://redis:6379/0"
+    if secrets is None:
+        return fixed
+    required = re.compile(r"\$\{(\w+):\?[^}]*\}")
+    return {
+        name: required.sub(lambda match: secrets[match.group(1)], value)
+        for name, value in fixed.items()
+    }
+
+
 @pytest.mark.parametrize("answers", VARIANTS)
 def test_compose_has_the_services_the_answers_ask_for(baked, answers):
     result = baked(**answers)
     services = compose(result.project_path)["services"]
-    expected = {"nginx", "app"}
+    expected = {"nginx", "migrate", "app"}
     if result.context["database"] == "postgresql":
         expected.add("db")
     if result.context["broadcast"] == "redis":
@@ -94,11 +138,14 @@ def test_only_nginx_is_published(baked, answers):
     assert published == ["nginx"]
 
 
-def test_nginx_gets_the_certificate_folder_and_the_published_https_port(baked):
+def test_nginx_mounts_only_the_certificates_and_acme_and_gets_the_https_port(baked):
     project = baked().project_path
     nginx = compose(project)["services"]["nginx"]
-    assert "./deploy/nginx/certs:/etc/nginx/certs:ro" in nginx["volumes"]
-    assert "./deploy/nginx/acme:/var/www/acme:ro" in nginx["volumes"]
+    # Secrets and certbot's files only: what nginx serves is in its image.
+    assert nginx["volumes"] == [
+        "./deploy/nginx/certs:/etc/nginx/certs:ro",
+        "./deploy/nginx/acme:/var/www/acme:ro",
+    ]
     # The redirect names the port browsers reach HTTPS on: the published one.
     assert nginx["environment"]["NGINX_HTTPS_PORT"] == "${HTTPS_PORT:-8443}"
     # What the template reads from those mounts.
@@ -110,10 +157,42 @@ def test_nginx_gets_the_certificate_folder_and_the_published_https_port(baked):
     assert (project / "deploy" / "nginx" / "certs" / "README.md").is_file()
 
 
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_nginx_runs_the_dockerfile_nginx_stage_with_config_and_static_files(
+    baked, answers
+):
+    """The image alone serves the site: compose builds nginx from the
+    Dockerfile's nginx stage, which copies the config and the package's static
+    folder in, and the config serves /static/ from there."""
+    result = baked(**answers)
+    project, package = result.project_path, result.context["package_name"]
+    nginx = compose(project)["services"]["nginx"]
+    assert nginx["build"] == {"context": ".", "target": "nginx"}
+    assert "image" not in nginx
+    assert dockerfile_stages(project)["nginx"] == "nginx:1.28-alpine"
+    helper = load_generated_nginx_helper(project)
+    assert helper.nginx_image_copies() == {
+        "/etc/nginx/nginx.conf": project / "deploy" / "nginx" / "nginx.conf",
+        "/etc/nginx/templates": project / "deploy" / "nginx" / "templates",
+        "/srv/static": project / "src" / package / "static",
+    }
+    locations = helper.render_templates()["app/locations.conf"]
+    static = re.search(r"^location /static/ \{\n(.*?)^\}", locations, re.M | re.S)
+    assert static and static.group(1) == "    alias /srv/static/;\n"
+
+
 def test_nginx_health_check_uses_plain_http_healthz(baked):
     nginx = compose(baked().project_path)["services"]["nginx"]
-    test = nginx["healthcheck"]["test"]
-    assert test[0] == "CMD" and test[-1] == "http://127.0.0.1/healthz"
+    assert nginx["healthcheck"]["test"] == [
+        "CMD",
+        "wget",
+        "-q",
+        "-O",
+        "/dev/null",
+        "-T",
+        "2",
+        "http://127.0.0.1/healthz",
+    ]
 
 
 def test_certificate_folder_is_git_ignored_but_its_readme_is_not(baked):
@@ -128,45 +207,149 @@ def test_certificate_folder_is_git_ignored_but_its_readme_is_not(baked):
 
 
 @pytest.mark.parametrize("answers", VARIANTS)
-def test_every_dependency_waits_for_health_and_every_service_restarts(baked, answers):
-    services = compose(baked(**answers).project_path)["services"]
+def test_every_dependency_is_waited_for_and_only_migrate_stays_stopped(baked, answers):
+    project = baked(**answers).project_path
+    services = compose(project)["services"]
     for name, service in services.items():
-        assert service.get("restart") == "unless-stopped", name
+        restart = "no" if name == "migrate" else "unless-stopped"
+        assert service.get("restart") == restart, name
         for dependency, condition in service.get("depends_on", {}).items():
+            if dependency == "migrate":
+                assert condition == {"condition": "service_completed_successfully"}
+                continue
             assert condition == {"condition": "service_healthy"}, (name, dependency)
-            assert "healthcheck" in services[dependency], dependency
+            if dependency == "app":
+                # The image's own check, written once: the Dockerfile's.
+                assert "healthcheck" not in services["app"]
+                assert dockerfile_healthcheck(project)
+            else:
+                assert "healthcheck" in services[dependency], dependency
     assert set(services["nginx"]["depends_on"]) == {"app"}
-    assert set(services["app"].get("depends_on", {})) == set(services) - {
-        "nginx",
-        "app",
-    }
+    backing = set(services) - {"nginx", "migrate", "app"}
+    assert set(services["app"]["depends_on"]) == {"migrate"} | backing
+    assert set(services["migrate"].get("depends_on", {})) == backing & {"db"}
 
 
 @pytest.mark.parametrize("answers", VARIANTS)
-def test_app_is_configured_for_the_proxy_and_migrates_first(baked, answers):
+def test_migrations_run_once_in_a_service_of_their_own_from_the_app_image(
+    baked, answers
+):
+    """`--scale app=3` runs three apps and one migration: the app only serves
+    (the image's CMD), and `migrate` runs `db upgrade` with the same image,
+    settings and volumes, then exits."""
     result = baked(**answers)
-    services = compose(result.project_path)["services"]
-    app, nginx = services["app"], services["nginx"]
-    environment = app["environment"]
-    assert environment["SECRET_KEY"].startswith("${SECRET_KEY:?")
-    assert environment["APP_ENV"] == "production"
-    assert environment["TRUSTED_PROXY_COUNT"] == "1"
-    assert nginx["environment"]["NGINX_UPSTREAM"] == "app:8000"
-    command = " ".join(app["command"])
-    package = result.context["package_name"]
-    assert f"flask --app {package} db upgrade && exec gunicorn" in command
+    project, package = result.project_path, result.context["package_name"]
+    services = compose(project)["services"]
+    app, migrate = services["app"], services["migrate"]
+    assert migrate["command"] == ["flask", "--app", package, "db", "upgrade"]
+    # Nothing serves /healthz there: the image's check is turned off.
+    assert migrate["healthcheck"] == {"disable": True}
+    assert "command" not in app
+    assert app["build"] == migrate["build"] == "."
+    assert app["environment"] == migrate["environment"]
+    assert app.get("volumes") == migrate.get("volumes")
     if result.context["database"] == "postgresql":
-        assert "@db:5432/" in environment["DATABASE_URL"]
+        assert "volumes" not in app
         assert "pg_isready" in services["db"]["healthcheck"]["test"]
     else:
         instance = f"/usr/local/var/{package}-instance"
-        assert f"app-data:{instance}" in app["volumes"]
-        assert (
-            f"chown app:app {instance}"
-            in (result.project_path / "Dockerfile").read_text()
-        )
-    if result.context["broadcast"] == "redis":
-        assert environment["REDIS_URL"] == "redis://redis:6379/0"
+        assert app["volumes"] == [f"app-data:{instance}"]
+        assert f"chown app:app {instance}" in (project / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_every_setting_of_the_readme_and_env_example_reaches_the_app(baked, answers):
+    """Each setting of the README's table is in the app's environment: fixed
+    for the stack, or passed on by name with no value, so that .env or the
+    shell gives it and, set in neither, config.py's default applies (no
+    default is written twice). .env.example lists the same settings, and the
+    variables compose.yaml itself reads."""
+    result = baked(**answers)
+    project = result.project_path
+    environment = compose(project)["services"]["app"]["environment"]
+    settings = readme_settings(project)
+    assert "PORT" in settings, "no settings table found in README.md"
+    fixed = settings_fixed_for_the_stack(result.context)
+
+    assert sorted(environment) == sorted(settings)
+    assert {name: environment[name] for name in fixed} == fixed
+    passed_on = [name for name in settings if environment[name] is None]
+    assert passed_on == [name for name in settings if name not in fixed]
+
+    example = env_example_variables(project)
+    assert [name for name in settings if name not in example] == []
+    compose_text = (project / "compose.yaml").read_text()
+    compose_reads = set(re.findall(r"\$\{(\w+)", compose_text))
+    others = [name for name in example if name not in settings]
+    assert [name for name in others if name not in compose_reads] == []
+
+
+def compose_config(project, env_file, shell):
+    """The services as `docker-compose config` resolves them, with `env_file`
+    in place of .env and, of the variables .env.example names, only `shell` in
+    the environment."""
+    command = compose_command()
+    require(command is not None, "docker-compose is not installed")
+    names = set(readme_settings(project)) | set(env_example_variables(project))
+    environ = {k: v for k, v in os.environ.items() if k not in names}
+    checked = subprocess.run(
+        [*command, "--env-file", str(env_file), "config"],
+        cwd=project,
+        env={**environ, **shell},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, f"docker-compose config:\n{checked.stderr}"
+    return yaml.safe_load(checked.stdout)["services"]
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_docker_compose_config_passes_every_setting_to_the_app(
+    baked, answers, tmp_path
+):
+    result = baked(**answers)
+    project = result.project_path
+    settings = readme_settings(project)
+    # A value of its own for each setting in the file compose reads as .env...
+    dotenv = {name: f"{name.lower()}-from-dotenv" for name in settings}
+    dotenv.update(PORT="9000", WEB_CONCURRENCY="3", WS_PING_INTERVAL="20")
+    dotenv.update(COMPOSE_SECRETS)
+    env_file = tmp_path / "dotenv"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in dotenv.items()))
+    # ...and, as in the issue, two in the shell, which wins over .env.
+    shell = {"WEB_CONCURRENCY": "4", "WS_PING_INTERVAL": "10"}
+
+    services = compose_config(project, env_file, shell)
+    fixed = settings_fixed_for_the_stack(result.context, COMPOSE_SECRETS)
+    expected = {
+        name: fixed.get(name, shell.get(name, dotenv[name])) for name in settings
+    }
+    assert services["app"]["environment"] == expected
+    assert services["migrate"]["environment"] == expected
+    # gunicorn binds PORT; nginx's upstream follows it.
+    assert services["nginx"]["environment"]["NGINX_UPSTREAM"] == "app:9000"
+    assert services["app"]["expose"] == ["9000"]
+
+
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_docker_compose_config_gives_no_value_for_a_setting_set_nowhere(
+    baked, answers, tmp_path
+):
+    """No value (v1 writes null, v2 leaves the name out): the container does
+    not get the variable, and config.py's default applies."""
+    result = baked(**answers)
+    project = result.project_path
+    env_file = tmp_path / "dotenv"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in COMPOSE_SECRETS.items()))
+
+    services = compose_config(project, env_file, shell={})
+    fixed = settings_fixed_for_the_stack(result.context, COMPOSE_SECRETS)
+    for service in ("app", "migrate"):
+        environment = services[service]["environment"]
+        given = {name: value for name, value in environment.items() if value}
+        assert given == fixed, service
+    assert services["nginx"]["environment"]["NGINX_UPSTREAM"] == "app:8000"
 
 
 @pytest.mark.parametrize("answers", VARIANTS)
@@ -196,6 +379,22 @@ def test_docker_compose_config_accepts_the_file(baked, answers, tmp_path):
 # --- Dockerfile -----------------------------------------------------------
 
 
+def dockerfile_stages(project):
+    """{stage name, or its position for an unnamed one: base image}."""
+    dockerfile = (project / "Dockerfile").read_text()
+    found = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", dockerfile, re.M)
+    return {name or str(n): image for n, (image, name) in enumerate(found)}
+
+
+def dockerfile_healthcheck(project):
+    """(options, command) of the HEALTHCHECK, its command in exec form."""
+    dockerfile = (project / "Dockerfile").read_text().replace("\\\n", "")
+    found = re.findall(r"^HEALTHCHECK (.*?)\s+CMD (\[.*\])$", dockerfile, re.M)
+    assert len(found) == 1, "the Dockerfile needs one HEALTHCHECK in exec form"
+    options, command = found[0]
+    return options.split(), json.loads(command)
+
+
 @pytest.mark.parametrize("answers", VARIANTS)
 def test_hadolint_passes_on_the_dockerfile(baked, answers):
     hadolint = tool("hadolint")
@@ -217,11 +416,70 @@ def test_dockerfile_runs_gunicorn_as_a_user_on_the_chosen_python(baked, answers)
     version = result.context["python_version"]
     assert f"ARG PYTHON_VERSION={version}\n" in dockerfile
     stages = re.findall(r"^FROM (\S+)", dockerfile, re.M)
-    assert stages == ["python:${PYTHON_VERSION}-slim"] * 2
+    python = "python:${PYTHON_VERSION}-slim"
+    assert stages == [python, "nginx:1.28-alpine", python]
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users and not users[-1].startswith(("root", "0")), users
     assert re.search(r"^HEALTHCHECK .*\n.*/healthz", dockerfile, re.M)
     assert dockerfile.rstrip().endswith('CMD ["gunicorn", "-c", "gunicorn.conf.py"]')
+
+
+class HealthzStandIn(BaseHTTPRequestHandler):
+    """200 on /healthz, as the app answers; 404 elsewhere."""
+
+    paths = []
+
+    def do_GET(self):
+        self.paths.append(self.path)
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_image_health_check_follows_port(baked):
+    """The HEALTHCHECK's own command, run by this Python as the container's
+    runs it: it asks /healthz on PORT, and fails once nothing answers there."""
+    options, command = dockerfile_healthcheck(baked().project_path)
+    assert options == [
+        "--interval=10s",
+        "--timeout=3s",
+        "--start-period=30s",
+        "--retries=3",
+    ]
+    assert command[:2] == ["python", "-c"]
+    probe = [sys.executable, *command[1:]]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HealthzStandIn)
+    port = str(server.server_address[1])
+    environ = {**os.environ, "PORT": port}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        answered = run(probe, cwd=Path.cwd(), env=environ, timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answered.returncode == 0, answered.stdout
+    assert HealthzStandIn.paths == ["/healthz"]
+    refused = run(probe, cwd=Path.cwd(), env=environ, timeout=30)
+    assert refused.returncode == 1, refused.stdout
+
+
+def test_the_app_port_defaults_to_config_py_wherever_it_is_needed(baked):
+    """PORT's default is config.py's; what must know the port before the app
+    runs (the image's health check, nginx's upstream) falls back to the same."""
+    result = baked()
+    project, package = result.project_path, result.context["package_name"]
+    config = (project / "src" / package / "config.py").read_text()
+    default = re.search(r'env\.integer\("PORT", (\d+),', config).group(1)
+    assert default == "8000"
+    _, command = dockerfile_healthcheck(project)
+    assert f"os.environ.get('PORT', '{default}')" in command[2]
+    assert f"\nEXPOSE {default}\n" in (project / "Dockerfile").read_text()
+    services = compose(project)["services"]
+    nginx_upstream = services["nginx"]["environment"]["NGINX_UPSTREAM"]
+    assert nginx_upstream == f"app:${{PORT:-{default}}}"
+    assert services["app"]["expose"] == [f"${{PORT:-{default}}}"]
 
 
 def test_dockerfile_is_checked_out_with_lf_line_endings(baked):
@@ -270,6 +528,9 @@ def test_dockerignore_keeps_secrets_and_caches_out_and_lets_the_copies_in(baked)
         "instance/app.db",
         f"src/{package}/__pycache__/config.cpython-312.pyc",
         ".pytest_cache/README.md",
+        "deploy/nginx/certs/privkey.pem",
+        "deploy/nginx/certs/fullchain.pem",
+        "deploy/nginx/acme/.well-known/acme-challenge/token",
     ]
     let_in = [
         "pyproject.toml",
@@ -277,6 +538,9 @@ def test_dockerignore_keeps_secrets_and_caches_out_and_lets_the_copies_in(baked)
         f"src/{package}/__init__.py",
         f"src/{package}/static/style.css",
         "migrations/env.py",
+        "deploy/nginx/nginx.conf",
+        "deploy/nginx/templates/default.conf.template",
+        "deploy/nginx/templates/app/locations.conf.template",
     ]
     assert [p for p in kept_out if not dockerignore_excludes(patterns, p)] == []
     assert [p for p in let_in if dockerignore_excludes(patterns, p)] == []

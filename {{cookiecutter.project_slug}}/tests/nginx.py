@@ -1,13 +1,15 @@
-"""nginx in front of the test gunicorn, from the very files compose.yaml uses.
+"""nginx in front of the test gunicorn, from the very files its image holds.
 
 Self-contained (no import of conftest): the template's own tests load this
 file on its own to render the config for gixy.
 
-In a container, the official nginx image renders deploy/nginx/templates/
-with envsubst and runs deploy/nginx/nginx.conf. Here the same files run on
-loopback with the machine's nginx; the copy differs only in what a container
-has and a test machine lacks: file paths, the worker user, the ports, the
-app's address, the static folder and the certificate folder.
+In a container, nginx runs the image that the Dockerfile's nginx stage builds:
+the official nginx image with deploy/nginx/nginx.conf, deploy/nginx/templates/
+(rendered with envsubst when it starts) and the package's static folder copied
+in. Here the files that stage copies run on loopback with the machine's nginx,
+found from its COPY lines; the copy differs only in what a container has and a
+test machine lacks: file paths, the worker user, the ports, the app's address,
+the static folder and the certificate folder.
 
 With `certs` (a folder holding fullchain.pem and privkey.pem, as compose.yaml
 mounts deploy/nginx/certs) nginx runs as shipped: plain HTTP redirects to
@@ -27,8 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = PROJECT_ROOT / "deploy" / "nginx"
-TEMPLATES = DEPLOY / "templates"
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+# Where the image keeps what the Dockerfile's nginx stage copies into it.
+IMAGE_MAIN_CONFIG = "/etc/nginx/nginx.conf"
+IMAGE_TEMPLATES = "/etc/nginx/templates"
+IMAGE_STATIC = "/srv/static"
 # What the image renders, and where: each template, less this suffix, under
 # conf.d, sub-folders kept. The server blocks include files from there.
 TEMPLATE_SUFFIX = ".template"
@@ -36,10 +41,32 @@ CONF_D = "/etc/nginx/conf.d/"
 # Where compose.yaml mounts the certificate pair and certbot's webroot.
 CERTS = "/etc/nginx/certs/"
 ACME_WEBROOT = "/var/www/acme"
-STATIC = PROJECT_ROOT / "src" / "{{ cookiecutter.package_name }}" / "static"
 
 # $NAME or ${NAME}: what envsubst replaces when NAME is in its list.
 PLACEHOLDER = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def nginx_image_copies() -> dict[str, Path]:
+    """{path in the nginx image: what of the project is copied there}, from
+    the COPY lines of the Dockerfile's nginx stage."""
+    stages = re.split(r"^FROM ", DOCKERFILE.read_text(), flags=re.M)
+    stage = [text for text in stages if re.match(r"\S+ AS nginx\n", text)]
+    assert len(stage) == 1, "the Dockerfile has no one stage named nginx"
+    copies = re.findall(r"^COPY (\S+) (\S+)$", stage[0], re.M)
+    return {target.rstrip("/"): PROJECT_ROOT / source for source, target in copies}
+
+
+def copied_to(image_path: str) -> Path:
+    """The file or folder of the project that the nginx image holds at
+    `image_path`."""
+    copies = nginx_image_copies()
+    assert image_path in copies, f"the nginx stage copies nothing to {image_path}"
+    return copies[image_path]
+
+
+MAIN_CONFIG = copied_to(IMAGE_MAIN_CONFIG)
+TEMPLATES = copied_to(IMAGE_TEMPLATES)
+STATIC = copied_to(IMAGE_STATIC)
 
 
 def find_nginx() -> str | None:
@@ -60,21 +87,27 @@ def envsubst(text: str, environ: dict[str, str]) -> str:
     return PLACEHOLDER.sub(substitute, text)
 
 
+def compose_service(name: str) -> str:
+    """The text of one service of compose.yaml."""
+    compose = (PROJECT_ROOT / "compose.yaml").read_text()
+    service = re.search(rf"^  {name}:\n(.*?)(?=^  \S|^\S|\Z)", compose, re.M | re.S)
+    assert service, f"compose.yaml has no {name} service"
+    return service.group(1)
+
+
 def compose_nginx_environment() -> dict[str, str]:
     """The nginx service's environment in compose.yaml, with the defaults it
-    gives (`${NAME:-default}` counts as `default`)."""
-    compose = (PROJECT_ROOT / "compose.yaml").read_text()
-    service = re.search(r"^  nginx:\n(.*?)(?=^  \S|\Z)", compose, re.M | re.S)
-    assert service, "compose.yaml has no nginx service"
+    gives (`${NAME:-default}` counts as `default`, wherever in the value)."""
     block = re.search(
-        r"^    environment:\n((?:(?:      .*|\s*#.*)\n)+)", service.group(1), re.M
+        r"^    environment:\n((?:(?:      .*|\s*#.*)\n)+)",
+        compose_service("nginx"),
+        re.M,
     )
     assert block, "the nginx service in compose.yaml has no environment"
     environ = {}
     entries = re.findall(r"^      ([A-Z_][A-Z0-9_]*): (.+)$", block.group(1), re.M)
     for name, value in entries:
-        default = re.fullmatch(r"\$\{\w+:-(.*)\}", value.strip())
-        environ[name] = default.group(1) if default else value.strip()
+        environ[name] = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value.strip())
     return environ
 
 
@@ -183,7 +216,7 @@ class Nginx:
         self.process: subprocess.Popen | None = None
 
     def _main_config(self) -> str:
-        text = (DEPLOY / "nginx.conf").read_text()
+        text = MAIN_CONFIG.read_text()
         # Workers run as the image's "nginx" user there. Here root's workers
         # stay root so they can read the project, wherever it is; anyone
         # else's run as themselves (nginx ignores `user` then).
@@ -215,7 +248,7 @@ class Nginx:
         """One rendered file, made to run here."""
         text = text.replace(CONF_D, f"{self.prefix}/conf.d/")
         if name == "app/locations.conf":
-            return replace_once(text, r"alias\s+/srv/static/;", f"alias {STATIC}/;")
+            return replace_once(text, rf"alias\s+{IMAGE_STATIC}/;", f"alias {STATIC}/;")
         if name != "default.conf":
             return text
         text = replace_once(

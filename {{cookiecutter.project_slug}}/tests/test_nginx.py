@@ -17,8 +17,14 @@ import requests
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import PROJECT_ROOT, bearer_token, log_in, open_socket
-from .nginx import STATIC, compose_nginx_environment
+from .conftest import PACKAGE, PROJECT_ROOT, bearer_token, log_in, open_socket
+from .nginx import (
+    IMAGE_STATIC,
+    STATIC,
+    compose_nginx_environment,
+    compose_service,
+    render_templates,
+)
 
 # The address a client of these tests connects from: loopback, but not the
 # 127.0.0.1 that nginx uses towards the app, so the two cannot be confused.
@@ -277,10 +283,18 @@ def test_static_files_are_served_by_nginx(proxy, app_behind_proxy):
     assert "/static/style.css" not in app_behind_proxy.log()
 
 
-def test_static_folder_matches_the_one_compose_mounts():
-    compose = (PROJECT_ROOT / "compose.yaml").read_text()
-    mount = f"./{STATIC.relative_to(PROJECT_ROOT).as_posix()}:/srv/static:ro"
-    assert mount in compose
+def test_nginx_image_holds_the_static_files_the_app_ships():
+    """The Dockerfile's nginx stage copies the package's own static folder to
+    where /static/ is served from, and compose.yaml runs that image with no
+    folder of the project mounted in its place: the image alone serves them."""
+    assert STATIC == PROJECT_ROOT / "src" / PACKAGE / "static"
+    assert (STATIC / "style.css").is_file()
+    locations = render_templates()["app/locations.conf"]
+    assert f"alias {IMAGE_STATIC}/;" in locations
+    nginx = compose_service("nginx")
+    assert "    build:\n      context: .\n      target: nginx\n" in nginx
+    mounted = re.findall(r"^      - \./(\S+?):", nginx, re.M)
+    assert mounted == ["deploy/nginx/certs", "deploy/nginx/acme"]
 
 
 def get_from(address: str, proxy, paths: list[str]) -> list[tuple[int, str]]:
