@@ -1,5 +1,5 @@
 """Finish the generated project: write its private .env, record the answers,
-drop unchosen parts.
+drop unchosen parts, and say what to do next.
 
 Cookiecutter renders this file with Jinja and runs it inside the new project.
 The answers arrive as one JSON document (``| tojson``), so they are data, never
@@ -9,7 +9,9 @@ code. This script never uses the network.
 import json
 import os
 import secrets
+import shlex
 import shutil
+import textwrap
 from pathlib import Path
 
 # A JSON object never contains three quotes in a row, so the raw string holds.
@@ -95,6 +97,43 @@ def write_private_file(path, text):
     os.chmod(path, 0o600)
 
 
+def folder_to_cd_into(project, shell_dir):
+    """The project's path as the user's shell reaches it: relative when it lies
+    under the shell's folder (its $PWD), else absolute."""
+    if shell_dir and os.path.isabs(shell_dir):
+        try:
+            return str(project.resolve().relative_to(Path(shell_dir).resolve()))
+        except ValueError:
+            pass
+    return str(project)
+
+
+def next_steps(answers, folder):
+    """What to type next, for these answers: a few lines for the terminal."""
+    about = (
+        "make dev installs the project into .venv, migrates the "
+        + ("SQLite " if answers["database"] == "sqlite" else "")
+        + "database and serves the site at http://127.0.0.1:8000, where you can "
+        "register an account."
+    )
+    if answers["database"] == "postgresql":
+        about += (
+            f" It creates the database {answers['package_name']} on first run if "
+            "it is missing; it needs a PostgreSQL server at DATABASE_URL in .env."
+        )
+    if answers["broadcast"] == "redis":
+        about += " Chat needs a Redis server at REDIS_URL in .env."
+    lines = ["Next steps:", f"  cd {shlex.quote(folder)}", "  make dev"]
+    # Never split a word: URLs and names stay whole.
+    lines += textwrap.wrap(about, 79, break_long_words=False, break_on_hyphens=False)
+    if answers["use_docker"] == "y":
+        lines.append(
+            "Or the whole stack in Docker: docker compose up --build "
+            "(see README.md first)."
+        )
+    return lines
+
+
 def main():
     project = Path.cwd()
     remove_unwanted_paths(project, ANSWERS)
@@ -102,6 +141,8 @@ def main():
     (project / ".cookiecutter.json").write_text(
         answers_record(ANSWERS), encoding="utf-8"
     )
+    folder = folder_to_cd_into(project, os.environ.get("PWD"))
+    print("\n".join(next_steps(ANSWERS, folder)))
 
 
 if __name__ == "__main__":
