@@ -43,6 +43,30 @@ UNWANTED_PATHS = {
 }
 
 
+# The template ships a compiled pair of dependency locks for each combination
+# of the answers that change them (scripts/lock.py makes them); the project
+# keeps its own pair and none of the others.
+LOCKS_DIR = "locks"
+
+
+def lock_paths(answers):
+    """{lock in the project: the shipped lock under locks/ for these answers}."""
+    folder = f"{answers['worker_class']}-{answers['database']}-{answers['broadcast']}"
+    return {
+        "requirements.lock": f"{folder}/requirements.lock",
+        "requirements-dev.lock": (
+            f"{folder}/use_docker-{answers['use_docker']}/requirements-dev.lock"
+        ),
+    }
+
+
+def keep_the_locks_for(project, answers):
+    shipped = project / LOCKS_DIR
+    for name, path in lock_paths(answers).items():
+        (shipped / path).replace(project / name)
+    shutil.rmtree(shipped)
+
+
 def remove_unwanted_paths(project, answers):
     for (question, answer), paths in UNWANTED_PATHS.items():
         if answers.get(question) != answer:
@@ -137,6 +161,7 @@ def next_steps(answers, folder):
 def main():
     project = Path.cwd()
     remove_unwanted_paths(project, ANSWERS)
+    keep_the_locks_for(project, ANSWERS)
     write_private_file(project / ".env", "\n".join(dotenv_lines(ANSWERS)) + "\n")
     (project / ".cookiecutter.json").write_text(
         answers_record(ANSWERS), encoding="utf-8"
