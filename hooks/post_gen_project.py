@@ -132,6 +132,19 @@ def folder_to_cd_into(project, shell_dir):
     return str(project)
 
 
+def is_a_copy_to_compare(project, shell_dir):
+    """Generated from inside a project of this template, into another folder:
+    `cruft update` and `cruft diff` do that in temporary folders they delete,
+    and the project's README regenerates it for a diff. Next steps would send
+    the user away from the project they are working on."""
+    if not shell_dir or not os.path.isabs(shell_dir):
+        return False
+    inside_a_project = (Path(shell_dir) / ".cookiecutter.json").is_file()
+    return inside_a_project and not project.resolve().is_relative_to(
+        Path(shell_dir).resolve()
+    )
+
+
 def next_steps(answers, folder):
     """What to type next, for these answers: a few lines for the terminal."""
     about = (
@@ -166,8 +179,10 @@ def main():
     (project / ".cookiecutter.json").write_text(
         answers_record(ANSWERS), encoding="utf-8"
     )
-    folder = folder_to_cd_into(project, os.environ.get("PWD"))
-    print("\n".join(next_steps(ANSWERS, folder)))
+    shell_dir = os.environ.get("PWD")
+    if not is_a_copy_to_compare(project, shell_dir):
+        folder = folder_to_cd_into(project, shell_dir)
+        print("\n".join(next_steps(ANSWERS, folder)))
 
 
 if __name__ == "__main__":

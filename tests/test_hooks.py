@@ -380,3 +380,14 @@ def test_next_steps_name_the_whole_path_outside_the_shells_folder(
     printed = printed_by_bake(output_dir, config_file, "use_docker=n", cwd=elsewhere)
     project = (output_dir / "realtime-service").resolve()
     assert printed.splitlines()[1] == f"  cd '{project}'"
+
+
+def test_no_next_steps_for_a_copy_made_from_inside_a_project(tmp_path, config_file):
+    """cruft update, cruft diff and a replay for a diff generate from inside a
+    project into another folder; next steps there would point away from it."""
+    project = tmp_path / "realtime-service"
+    project.mkdir()
+    (project / ".cookiecutter.json").write_text("{}")
+    output_dir = tmp_path / "regenerated"
+    assert printed_by_bake(output_dir, config_file, cwd=project) == ""
+    assert (output_dir / "realtime-service" / ".env").is_file()
