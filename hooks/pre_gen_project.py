@@ -84,9 +84,9 @@ CHOICES = {
     "ci": ("github", "none"),
 }
 
-# The project name is written into the page templates, which Jinja renders
-# again at run time: braces would be read as template code, angle brackets as
-# HTML.
+# The project name is written as it is into the page templates, which Flask's
+# Jinja renders at run time: braces could open template code there, and angle
+# brackets HTML tags.
 PAGE_MARKUP = frozenset("{}<>")
 
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
