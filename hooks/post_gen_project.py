@@ -1,5 +1,5 @@
 """Finish the generated project: write its private .env, record the answers,
-drop unchosen parts.
+drop unchosen parts, and say what to do next.
 
 Cookiecutter renders this file with Jinja and runs it inside the new project.
 The answers arrive as one JSON document (``| tojson``), so they are data, never
@@ -9,7 +9,9 @@ code. This script never uses the network.
 import json
 import os
 import secrets
+import shlex
 import shutil
+import textwrap
 from pathlib import Path
 
 # A JSON object never contains three quotes in a row, so the raw string holds.
@@ -39,6 +41,30 @@ UNWANTED_PATHS = {
     # It stops and restarts a PostgreSQL of its own.
     ("database", "sqlite"): ["tests/test_database_down.py"],
 }
+
+
+# The template ships a compiled pair of dependency locks for each combination
+# of the answers that change them (scripts/lock.py makes them); the project
+# keeps its own pair and none of the others.
+LOCKS_DIR = "locks"
+
+
+def lock_paths(answers):
+    """{lock in the project: the shipped lock under locks/ for these answers}."""
+    folder = f"{answers['worker_class']}-{answers['database']}-{answers['broadcast']}"
+    return {
+        "requirements.lock": f"{folder}/requirements.lock",
+        "requirements-dev.lock": (
+            f"{folder}/use_docker-{answers['use_docker']}/requirements-dev.lock"
+        ),
+    }
+
+
+def keep_the_locks_for(project, answers):
+    shipped = project / LOCKS_DIR
+    for name, path in lock_paths(answers).items():
+        (shipped / path).replace(project / name)
+    shutil.rmtree(shipped)
 
 
 def remove_unwanted_paths(project, answers):
@@ -95,13 +121,68 @@ def write_private_file(path, text):
     os.chmod(path, 0o600)
 
 
+def folder_to_cd_into(project, shell_dir):
+    """The project's path as the user's shell reaches it: relative when it lies
+    under the shell's folder (its $PWD), else absolute."""
+    if shell_dir and os.path.isabs(shell_dir):
+        try:
+            return str(project.resolve().relative_to(Path(shell_dir).resolve()))
+        except ValueError:
+            pass
+    return str(project)
+
+
+def is_a_copy_to_compare(project, shell_dir):
+    """Generated from inside a project of this template, into another folder:
+    `cruft update` and `cruft diff` do that in temporary folders they delete,
+    and the project's README regenerates it for a diff. Next steps would send
+    the user away from the project they are working on."""
+    if not shell_dir or not os.path.isabs(shell_dir):
+        return False
+    inside_a_project = (Path(shell_dir) / ".cookiecutter.json").is_file()
+    return inside_a_project and not project.resolve().is_relative_to(
+        Path(shell_dir).resolve()
+    )
+
+
+def next_steps(answers, folder):
+    """What to type next, for these answers: a few lines for the terminal."""
+    about = (
+        "make dev installs the project into .venv, migrates the "
+        + ("SQLite " if answers["database"] == "sqlite" else "")
+        + "database and serves the site at http://127.0.0.1:8000, where you can "
+        "register an account."
+    )
+    if answers["database"] == "postgresql":
+        about += (
+            f" It creates the database {answers['package_name']} on first run if "
+            "it is missing; it needs a PostgreSQL server at DATABASE_URL in .env."
+        )
+    if answers["broadcast"] == "redis":
+        about += " Chat needs a Redis server at REDIS_URL in .env."
+    lines = ["Next steps:", f"  cd {shlex.quote(folder)}", "  make dev"]
+    # Never split a word: URLs and names stay whole.
+    lines += textwrap.wrap(about, 79, break_long_words=False, break_on_hyphens=False)
+    if answers["use_docker"] == "y":
+        lines.append(
+            "Or the whole stack in Docker: docker compose up --build "
+            "(see README.md first)."
+        )
+    return lines
+
+
 def main():
     project = Path.cwd()
     remove_unwanted_paths(project, ANSWERS)
+    keep_the_locks_for(project, ANSWERS)
     write_private_file(project / ".env", "\n".join(dotenv_lines(ANSWERS)) + "\n")
     (project / ".cookiecutter.json").write_text(
         answers_record(ANSWERS), encoding="utf-8"
     )
+    shell_dir = os.environ.get("PWD")
+    if not is_a_copy_to_compare(project, shell_dir):
+        folder = folder_to_cd_into(project, shell_dir)
+        print("\n".join(next_steps(ANSWERS, folder)))
 
 
 if __name__ == "__main__":

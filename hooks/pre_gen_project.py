@@ -4,8 +4,9 @@ Cookiecutter renders this file with Jinja, then runs it. The answers arrive as
 one JSON document (``| tojson``), so a quote or a backslash in an answer is
 data, never code. This script never uses the network.
 
-On a bad answer it prints one line to stderr and exits 1; cookiecutter then
-removes the project directory it had created.
+Every answer is checked, and every problem is printed to stderr as one line
+starting with "error: ", so one run shows all that needs changing; then the
+script exits 1 and cookiecutter removes the project directory it had created.
 """
 
 import json
@@ -70,6 +71,24 @@ TEST_NAMES = frozenset({"conftest", "test", "tests"})
 # sys.stdlib_module_names exists from Python 3.10 on.
 STDLIB_NAMES = frozenset(getattr(sys, "stdlib_module_names", ()))
 
+# The questions that offer choices, as cookiecutter.json lists them (its tests
+# bake every choice there, so one missing here fails them). Cookiecutter
+# refuses another value on its command line, but a replay file
+# (.cookiecutter.json) passes unchecked.
+CHOICES = {
+    "python_version": ("3.12", "3.13", "3.11"),
+    "worker_class": ("gthread", "gevent"),
+    "database": ("sqlite", "postgresql"),
+    "broadcast": ("memory", "redis"),
+    "use_docker": ("y", "n"),
+    "ci": ("github", "none"),
+}
+
+# The project name is written as it is into the page templates, which Flask's
+# Jinja renders at run time: braces could open template code there, and angle
+# brackets HTML tags.
+PAGE_MARKUP = frozenset("{}<>")
+
 SLUG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
 PACKAGE_PATTERN = re.compile(r"[a-z_][a-z0-9_]*")
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -127,18 +146,56 @@ def author_email_problem(email):
     return None
 
 
+def one_line_problem(question, text):
+    if not isinstance(text, str) or not text.isprintable():
+        return (
+            f"{question} {text!r} is not one line of text; "
+            "leave out line breaks and other control characters"
+        )
+    return None
+
+
+def project_name_problem(name):
+    if problem := one_line_problem("project_name", name):
+        return problem
+    if not name.strip():
+        return "project_name is empty; give the project a name"
+    if PAGE_MARKUP.intersection(name):
+        # No doubled braces here: cookiecutter renders this file with Jinja.
+        marks = " ".join(sorted(PAGE_MARKUP))
+        return (
+            f"project_name {name!r} contains one of {marks}, which the page "
+            "templates would read as code; leave them out"
+        )
+    return None
+
+
+def choice_problem(question, answer):
+    if answer not in CHOICES[question]:
+        choices = ", ".join(CHOICES[question])
+        return f"{question} {answer!r} is not one of the choices; use one of: {choices}"
+    return None
+
+
+def problems(answers):
+    """The problem with each answer that has one, in the order of the questions."""
+    found = [
+        project_name_problem(answers.get("project_name")),
+        project_slug_problem(answers.get("project_slug")),
+        package_name_problem(answers.get("package_name")),
+        one_line_problem("description", answers.get("description")),
+        one_line_problem("author_name", answers.get("author_name")),
+        author_email_problem(answers.get("author_email")),
+    ]
+    found += [choice_problem(question, answers.get(question)) for question in CHOICES]
+    return [problem for problem in found if problem]
+
+
 def main():
-    # The slug comes first: package_name is derived from it by default, so a
-    # bad slug usually makes a bad package name too.
-    for problem in (
-        project_slug_problem(ANSWERS["project_slug"]),
-        package_name_problem(ANSWERS["package_name"]),
-        author_email_problem(ANSWERS["author_email"]),
-    ):
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 1
-    return 0
+    found = problems(ANSWERS)
+    for problem in found:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

@@ -219,9 +219,11 @@ def test_github_workflows_match_their_schema(baked, answers):
     assert code == 0, f"a workflow is not valid:\n{checked.stdout}"
 
 
-# What CI must run in a generated project, word for word (its README says so).
+# What CI must run in a generated project, word for word (its README says so):
+# the locked dependencies with their hashes, then the project on top of them.
 CI_COMMANDS = [
-    'python -m pip install -e ".[dev]"',
+    "python -m pip install --require-hashes -r requirements-dev.lock",
+    "python -m pip install --no-deps -e .",
     "ruff check .",
     "ruff format --check .",
     "python -m pytest",
@@ -259,6 +261,7 @@ def test_github_workflow_runs_what_the_answers_need(baked, answers):
         s for s in steps if s.get("uses", "").startswith("actions/setup-python")
     ]
     assert python["with"]["python-version"] == context["python_version"]
+    assert python["with"]["cache-dependency-path"] == "requirements-dev.lock"
     script = "\n".join(step.get("run", "") for step in steps)
     missing = [command for command in CI_COMMANDS if command not in script]
     assert not missing, f"the workflow does not run: {missing}"

@@ -482,6 +482,28 @@ def test_the_app_port_defaults_to_config_py_wherever_it_is_needed(baked):
     assert services["app"]["expose"] == [f"${{PORT:-{default}}}"]
 
 
+@pytest.mark.parametrize("answers", VARIANTS)
+def test_dockerfile_installs_the_lock_with_hashes_then_the_project_alone(
+    baked, answers
+):
+    project = baked(**answers).project_path
+    dockerfile = (project / "Dockerfile").read_text().replace("\\\n", " ")
+    installs = [
+        " ".join(line.split())
+        for line in dockerfile.splitlines()
+        if re.search(r"\bpip (install|wheel)\b", line)
+    ]
+    assert installs == [
+        "RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .",
+        "RUN --mount=type=bind,source=requirements.lock,"
+        "target=/tmp/requirements.lock "
+        "pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock",
+        "RUN --mount=type=bind,from=build,source=/wheels,target=/wheels "
+        "pip install --no-cache-dir --no-index --no-deps /wheels/*.whl",
+    ]
+    assert (project / "requirements.lock").is_file()
+
+
 def test_dockerfile_is_checked_out_with_lf_line_endings(baked):
     project = baked().project_path
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
@@ -534,6 +556,7 @@ def test_dockerignore_keeps_secrets_and_caches_out_and_lets_the_copies_in(baked)
     ]
     let_in = [
         "pyproject.toml",
+        "requirements.lock",
         "gunicorn.conf.py",
         f"src/{package}/__init__.py",
         f"src/{package}/static/style.css",
@@ -548,6 +571,12 @@ def test_dockerignore_keeps_secrets_and_caches_out_and_lets_the_copies_in(baked)
     dockerfile = (project / "Dockerfile").read_text()
     copied = re.findall(r"^COPY (?!--from)(\S+)", dockerfile, re.M)
     assert copied, "the Dockerfile copies nothing from the context"
+    # Bind mounts without from= read the build context too.
+    for options in re.findall(r"--mount=type=bind,(\S+)", dockerfile):
+        mount = dict(option.split("=", 1) for option in options.split(","))
+        if "from" not in mount:
+            copied.append(mount["source"])
+    assert "requirements.lock" in copied
     assert [p for p in copied if dockerignore_excludes(patterns, p)] == []
 
 

@@ -71,6 +71,10 @@ NOT_RUN_HERE = {
         "tests/test_tls.py makes its own with trustme"
     ),
     ("certbot",): "needs a public domain name and Let's Encrypt",
+    ("uv", "pip", "compile"): (
+        "needs uv and the package index; the template's tests check that the "
+        "locks were compiled by these commands from this pyproject.toml"
+    ),
 }
 
 
