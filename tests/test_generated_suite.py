@@ -85,15 +85,18 @@ def test_generated_suite_passes(bake, answers):
         cwd=project,
         timeout=INSTALL_TIMEOUT,
     )
-    # Compiled now, once: with PYTHONDONTWRITEBYTECODE set (as on CI machines)
-    # every gunicorn and flask the suite starts would otherwise compile its
-    # imports anew, about 3 s each.
+    # As the project's CI installs: the exact versions of its lock, checked
+    # against their hashes, then the project alone. Compiled now, once: with
+    # PYTHONDONTWRITEBYTECODE set (as on CI machines) every gunicorn and flask
+    # the suite starts would otherwise compile its imports anew, about 3 s each.
+    install = [uv, "pip", "install", "--compile-bytecode"]
+    install += ["--python", str(venv / "bin" / "python")]
     run_step(
-        [uv, "pip", "install", "--compile-bytecode"]
-        + ["--python", str(venv / "bin" / "python"), "-e", ".[dev]"],
+        [*install, "--require-hashes", "-r", "requirements-dev.lock"],
         cwd=project,
         timeout=INSTALL_TIMEOUT,
     )
+    run_step([*install, "--no-deps", "-e", "."], cwd=project, timeout=INSTALL_TIMEOUT)
 
     # The current environment (REQUIRE_ALL included), as if the venv were
     # activated, so the suite's own subprocesses find its gunicorn and python.

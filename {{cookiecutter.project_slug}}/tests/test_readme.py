@@ -197,6 +197,10 @@ def run_loadtest(words: list[str], walk: Walkthrough) -> None:
     for option, small in (("-n", "5"), ("--hold", "1")):
         if option in words:
             words[words.index(option) + 1] = small
+    # The README's server writes its pid to gunicorn.pid; this one is ours.
+    pid_file = "$(cat gunicorn.pid)"
+    assert pid_file in words, "the load tool no longer names the server by its pid"
+    words[words.index(pid_file)] = str(walk.server.pid)
     email = words[words.index("--user") + 1]
     assert email in walk.users, f"the README never creates the user {email}"
     run(words, walk.environ(LOADTEST_PASSWORD=walk.users[email]))
