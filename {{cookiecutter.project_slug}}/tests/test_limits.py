@@ -72,16 +72,22 @@ def test_a_user_at_the_socket_limit_gets_429_until_one_closes(
 {%- if cookiecutter.broadcast == "redis" %}
 
 
+def hold_the_limit(stack: ExitStack, server, token: str, refusing=None) -> None:
+    """Open every socket the user may hold on `server`; the next one, on
+    `refusing` (default: the same server), gets 429."""
+    for _ in range(SOCKETS_PER_USER):
+        stack.enter_context(open_socket(server, "/ws/echo", token=token))
+    with pytest.raises(InvalidStatus) as refused:
+        open_socket(refusing or server, "/ws/echo", token=token)
+    assert refused.value.response.status_code == 429
+
+
 def test_the_socket_limit_spans_instances(start_server, alice):
     limit = {"WS_MAX_SOCKETS_PER_USER": str(SOCKETS_PER_USER)}
     first, second = start_server(**limit), start_server(**limit)
     token = bearer_token(first, alice)
     with ExitStack() as stack:
-        for _ in range(SOCKETS_PER_USER):
-            stack.enter_context(open_socket(first, "/ws/echo", token=token))
-        with pytest.raises(InvalidStatus) as refused:
-            open_socket(second, "/ws/echo", token=token)
-        assert refused.value.response.status_code == 429
+        hold_the_limit(stack, first, token, refusing=second)
     # Closed on the first instance: the second has room for the user again.
     with wait_until(
         lambda: admitted(second, token), 10, "a place on the second instance"
@@ -96,11 +102,7 @@ def test_sockets_of_workers_that_died_stop_counting(start_server, alice):
     )
     token = bearer_token(server, alice)
     with ExitStack() as stack:
-        for _ in range(SOCKETS_PER_USER):
-            stack.enter_context(open_socket(server, "/ws/echo", token=token))
-        with pytest.raises(InvalidStatus) as refused:
-            open_socket(server, "/ws/echo", token=token)
-        assert refused.value.response.status_code == 429
+        hold_the_limit(stack, server, token)
         for pid in server.worker_pids():
             os.kill(pid, signal.SIGKILL)
 
