@@ -10,6 +10,7 @@ import signal
 {%- if cookiecutter.worker_class == "gthread" %}
 import threading
 {%- else %}
+import sys
 
 import gevent
 {%- endif %}
@@ -132,7 +133,17 @@ def worker_int(worker):
     WebSocket's request lasts until the socket closes: close them with 1001
     first, or the worker hangs until the master kills it after
     `graceful_timeout` ("Worker was sent SIGKILL!")."""
+{%- if cookiecutter.worker_class == "gevent" %}
+    # This runs in a greenlet, not in the hub, so it may close the sockets
+    # itself. Then it exits at once: gunicorn would pause 0.1 s first, and a
+    # run loop that ends during the pause makes the worker exit twice, the
+    # second time with a SystemExit traceback.
+    if open_connections := app_extensions(worker).get("open_connections"):
+        open_connections.close_all()
+    sys.exit(0)
+{%- else %}
     close_open_sockets(worker)
+{%- endif %}
 
 
 def close_open_sockets(worker):
