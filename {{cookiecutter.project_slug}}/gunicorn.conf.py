@@ -115,7 +115,7 @@ def post_worker_init(worker):
     def quit_once(signum, frame):
         # Ctrl-C in a terminal signals every process of the group: this worker
         # gets SIGINT, and SIGQUIT from the master a moment later. A second
-        # exit would interrupt the first one while it waits for its sockets.
+        # exit would cut into the first, with a traceback.
         nonlocal quitting
         if not quitting:
             quitting = True
@@ -128,12 +128,10 @@ def post_worker_init(worker):
 
 # https://docs.gunicorn.org/en/stable/settings.html#worker-int
 def worker_int(worker):
-    """The worker quits at once: SIGINT, SIGQUIT, or `--reload` after a code
-    change. Python's exit then waits for every request in progress, and a
-    WebSocket's request lasts until the socket closes: close them with 1001
-    first, or the worker hangs until the master kills it after
-    `graceful_timeout` ("Worker was sent SIGKILL!")."""
 {%- if cookiecutter.worker_class == "gevent" %}
+    """The worker quits at once: SIGINT, SIGQUIT, or `--reload` after a code
+    change. Close every socket with 1001 first, so clients reconnect at once;
+    left alone, they would be dropped without a close frame."""
     # This runs in a greenlet, not in the hub, so it may close the sockets
     # itself. Then it exits at once: gunicorn would pause 0.1 s first, and a
     # run loop that ends during the pause makes the worker exit twice, the
@@ -142,6 +140,11 @@ def worker_int(worker):
         open_connections.close_all()
     sys.exit(0)
 {%- else %}
+    """The worker quits at once: SIGINT, SIGQUIT, or `--reload` after a code
+    change. Python's exit then waits for every request in progress, and a
+    WebSocket's request lasts until the socket closes: close them with 1001
+    first, or the worker hangs until the master kills it after
+    `graceful_timeout` ("Worker was sent SIGKILL!")."""
     close_open_sockets(worker)
 {%- endif %}
 
@@ -151,8 +154,8 @@ def close_open_sockets(worker):
     if open_connections is None:
         return
 {%- if cookiecutter.worker_class == "gevent" %}
-    # Called from signal handlers, which run in gevent's hub; the hub must not
-    # wait (starting a thread waits: BlockingSwitchOutError, exit code 255),
+    # Called from the SIGTERM handler, which runs in gevent's hub; the hub must
+    # not wait (starting a thread waits: BlockingSwitchOutError, exit code 255),
     # so a greenlet closes the sockets, as gunicorn's own gevent handlers do.
     gevent.spawn(open_connections.close_all)
 {%- else %}
