@@ -38,8 +38,13 @@ UNWANTED_PATHS = {
         f"src/{ANSWERS['package_name']}/realtime/redis_user_sockets.py",
         "tests/test_redis.py",
     ],
-    # It stops and restarts a PostgreSQL of its own.
-    ("database", "sqlite"): ["tests/test_database_down.py"],
+    ("database", "sqlite"): [
+        # `flask create-database`, and its tests.
+        f"src/{ANSWERS['package_name']}/database.py",
+        "tests/test_create_database.py",
+        # It stops and restarts a PostgreSQL of its own.
+        "tests/test_database_down.py",
+    ],
 }
 
 

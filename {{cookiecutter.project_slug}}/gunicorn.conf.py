@@ -10,6 +10,7 @@ import signal
 {%- if cookiecutter.worker_class == "gthread" %}
 import threading
 {%- else %}
+import sys
 
 import gevent
 {%- endif %}
@@ -90,31 +91,85 @@ forwarded_allow_ips = (
 # https://docs.gunicorn.org/en/stable/settings.html#post-worker-init
 def post_worker_init(worker):
     """Close every open socket with 1001 "going away" when the worker is told
-    to stop (SIGTERM: a shutdown, or a restart during a deploy), so clients
-    reconnect at once. Left alone, gunicorn would wait `graceful_timeout` for
-    the sockets and then drop them without a close frame."""
-    open_connections = worker.wsgi.extensions["open_connections"]
+    to stop, so clients reconnect at once.
+
+    SIGTERM (a shutdown, or a restart during a deploy): left alone, gunicorn
+    would wait `graceful_timeout` for the sockets and then drop them without a
+    close frame. SIGINT and SIGQUIT (Ctrl-C, a fast stop) reach `worker_int`
+    below, which closes them."""
     stop = worker.handle_exit
+    quit_now = worker.handle_quit
 {%- if cookiecutter.broadcast == "redis" %}
     # Subscribe to the chat channel now rather than at the first chat socket,
     # so that every worker hears every message from the start.
-    worker.wsgi.extensions["chat_hub"].start()
+    if hub := app_extensions(worker).get("chat_hub"):
+        hub.start()
 {%- endif %}
 
     def close_sockets_then_stop(signum, frame):
-{%- if cookiecutter.worker_class == "gevent" %}
-        # A signal handler runs in gevent's hub, which must not wait (starting
-        # a thread waits: BlockingSwitchOutError, exit code 255); a greenlet
-        # closes the sockets instead, as gunicorn's own gevent handlers do.
-        gevent.spawn(open_connections.close_all)
-{%- else %}
-        # Closing takes locks that a handler may hold; a signal handler must
-        # not wait for them, so a thread closes the sockets.
-        threading.Thread(target=open_connections.close_all, daemon=True).start()
-{%- endif %}
+        close_open_sockets(worker)
         stop(signum, frame)
 
+    quitting = False
+
+    def quit_once(signum, frame):
+        # Ctrl-C in a terminal signals every process of the group: this worker
+        # gets SIGINT, and SIGQUIT from the master a moment later. A second
+        # exit would cut into the first, with a traceback.
+        nonlocal quitting
+        if not quitting:
+            quitting = True
+            quit_now(signum, frame)
+
     signal.signal(signal.SIGTERM, close_sockets_then_stop)
+    signal.signal(signal.SIGINT, quit_once)
+    signal.signal(signal.SIGQUIT, quit_once)
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#worker-int
+def worker_int(worker):
+{%- if cookiecutter.worker_class == "gevent" %}
+    """The worker quits at once: SIGINT, SIGQUIT, or `--reload` after a code
+    change. Close every socket with 1001 first, so clients reconnect at once;
+    left alone, they would be dropped without a close frame."""
+    # This runs in a greenlet, not in the hub, so it may close the sockets
+    # itself. Then it exits at once: gunicorn would pause 0.1 s first, and a
+    # run loop that ends during the pause makes the worker exit twice, the
+    # second time with a SystemExit traceback.
+    if open_connections := app_extensions(worker).get("open_connections"):
+        open_connections.close_all()
+    sys.exit(0)
+{%- else %}
+    """The worker quits at once: SIGINT, SIGQUIT, or `--reload` after a code
+    change. Python's exit then waits for every request in progress, and a
+    WebSocket's request lasts until the socket closes: close them with 1001
+    first, or the worker hangs until the master kills it after
+    `graceful_timeout` ("Worker was sent SIGKILL!")."""
+    close_open_sockets(worker)
+{%- endif %}
+
+
+def close_open_sockets(worker):
+    open_connections = app_extensions(worker).get("open_connections")
+    if open_connections is None:
+        return
+{%- if cookiecutter.worker_class == "gevent" %}
+    # Called from the SIGTERM handler, which runs in gevent's hub; the hub must
+    # not wait (starting a thread waits: BlockingSwitchOutError, exit code 255),
+    # so a greenlet closes the sockets, as gunicorn's own gevent handlers do.
+    gevent.spawn(open_connections.close_all)
+{%- else %}
+    # Called from signal handlers. Closing takes locks that a handler may
+    # hold; a signal handler must not wait for them, so a thread closes the
+    # sockets.
+    threading.Thread(target=open_connections.close_all, daemon=True).start()
+{%- endif %}
+
+
+def app_extensions(worker) -> dict:
+    # Under --reload, an app that fails to import (a syntax error) is replaced
+    # by gunicorn's error page, which has no extensions and no sockets.
+    return getattr(worker.wsgi, "extensions", {})
 {%- if cookiecutter.broadcast == "redis" %}
 
 

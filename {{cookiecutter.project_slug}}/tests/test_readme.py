@@ -208,6 +208,9 @@ def run_loadtest(words: list[str], walk: Walkthrough) -> None:
 
 COMMANDS: dict[tuple[str, ...], Callable[[list[str], Walkthrough], None]] = {
     ("python", "-m", "pip", "install", "-e", ".[dev]"): check_installed_here,
+{%- if cookiecutter.database == "postgresql" %}
+    ("flask", "--app", PACKAGE, "create-database"): run_with_test_settings,
+{%- endif %}
     ("flask", "--app", PACKAGE, "db", "upgrade"): run_with_test_settings,
     ("flask", "--app", PACKAGE, "users", "create"): create_user,
     ("gunicorn", "-c", "gunicorn.conf.py"): serve,

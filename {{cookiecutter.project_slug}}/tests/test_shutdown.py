@@ -1,6 +1,7 @@
 """Stopping or reloading the server closes every socket with 1001, so clients
 reconnect, and the workers leave no error behind (either worker class)."""
 
+import os
 import signal
 import subprocess
 import time
@@ -12,8 +13,14 @@ from websockets.exceptions import ConnectionClosed
 from .conftest import bearer_token, open_socket, wait_until
 
 GRACEFUL_TIMEOUT = 30  # gunicorn.conf.py
-# What gunicorn's log says when a worker fails on its way out.
-SIGNS_OF_TROUBLE = ("Traceback", "Exception in worker process", "exited with code")
+# What gunicorn's log says when a worker fails on its way out, or is killed
+# because it did not leave in time.
+SIGNS_OF_TROUBLE = (
+    "Traceback",
+    "Exception in worker process",
+    "exited with code",
+    "SIGKILL",
+)
 
 
 def open_sockets(stack: ExitStack, server, token: str) -> list:
@@ -73,4 +80,27 @@ def test_sighup_replaces_the_workers_and_closes_their_sockets_with_1001(
     with open_socket(server, "/ws/echo", token=token) as ws:
         ws.send("after the reload")
         assert ws.recv(timeout=10) == "after the reload"
+    assert_no_trouble(server.log())
+
+
+def test_ctrl_c_closes_every_open_socket_with_1001_and_stops_at_once(
+    start_server, alice
+):
+    """Ctrl-C in a terminal sends SIGINT to every process of the group: the
+    master and each worker."""
+    server = start_server()
+    token = bearer_token(server, alice)
+    with ExitStack() as stack:
+        sockets = open_sockets(stack, server, token)
+        for pid in [server.process.pid, *server.worker_pids()]:
+            os.kill(pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        assert_closed_with_1001_at_once(sockets)
+        try:
+            exit_code = server.process.wait(timeout=GRACEFUL_TIMEOUT + 5)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"gunicorn did not stop:\n{server.log()}")
+    # Not after graceful_timeout, when the master kills what is left.
+    assert time.monotonic() - interrupted < 10, server.log()
+    assert exit_code == 0, server.log()
     assert_no_trouble(server.log())

@@ -65,5 +65,11 @@ def register_blueprints(app: Flask) -> None:
 
 def register_commands(app: Flask) -> None:
     from .auth.cli import users
+{%- if cookiecutter.database == "postgresql" %}
+    from .database import create_database
+{%- endif %}
 
     app.cli.add_command(users)
+{%- if cookiecutter.database == "postgresql" %}
+    app.cli.add_command(create_database)
+{%- endif %}
