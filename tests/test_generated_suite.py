@@ -69,6 +69,22 @@ def run_step(command, cwd, timeout, env=None):
     return finished
 
 
+def install_locked(uv: str, venv, project) -> None:
+    """Install as the project's CI and `make install` do: the exact versions
+    of its lock, checked against their hashes, then the project alone.
+    Compiled now, once: with PYTHONDONTWRITEBYTECODE set (as on CI machines)
+    every gunicorn and flask a suite starts would otherwise compile its
+    imports anew, about 3 s each."""
+    install = [uv, "pip", "install", "--compile-bytecode"]
+    install += ["--python", str(venv / "bin" / "python")]
+    run_step(
+        [*install, "--require-hashes", "-r", "requirements-dev.lock"],
+        cwd=project,
+        timeout=INSTALL_TIMEOUT,
+    )
+    run_step([*install, "--no-deps", "-e", "."], cwd=project, timeout=INSTALL_TIMEOUT)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("answers", VARIANTS)
 def test_generated_suite_passes(bake, answers):
@@ -85,18 +101,7 @@ def test_generated_suite_passes(bake, answers):
         cwd=project,
         timeout=INSTALL_TIMEOUT,
     )
-    # As the project's CI installs: the exact versions of its lock, checked
-    # against their hashes, then the project alone. Compiled now, once: with
-    # PYTHONDONTWRITEBYTECODE set (as on CI machines) every gunicorn and flask
-    # the suite starts would otherwise compile its imports anew, about 3 s each.
-    install = [uv, "pip", "install", "--compile-bytecode"]
-    install += ["--python", str(venv / "bin" / "python")]
-    run_step(
-        [*install, "--require-hashes", "-r", "requirements-dev.lock"],
-        cwd=project,
-        timeout=INSTALL_TIMEOUT,
-    )
-    run_step([*install, "--no-deps", "-e", "."], cwd=project, timeout=INSTALL_TIMEOUT)
+    install_locked(uv, venv, project)
 
     # The current environment (REQUIRE_ALL included), as if the venv were
     # activated, so the suite's own subprocesses find its gunicorn and python.

@@ -25,7 +25,13 @@ from pathlib import Path
 
 import pytest
 from conftest import CHOICES, TEMPLATE_DIR, require, run
-from test_generated_suite import INSTALL_TIMEOUT, VENV_PYTHON, reachable, run_step
+from test_generated_suite import (
+    INSTALL_TIMEOUT,
+    VENV_PYTHON,
+    install_locked,
+    reachable,
+    run_step,
+)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -104,13 +110,8 @@ def make_bake(cookies_session, answers: dict) -> Bake:
         cwd=project,
         timeout=INSTALL_TIMEOUT,
     )
-    run_step(
-        [uv, "pip", "install", "--compile-bytecode"]
-        + ["--python", str(venv / "bin" / "python"), "-e", ".[dev]"],
-        cwd=project,
-        timeout=INSTALL_TIMEOUT,
-    )
-    # The venv is newer than pyproject.toml, so make installs nothing.
+    install_locked(uv, venv, project)
+    # The venv is newer than pyproject.toml and the lock: make installs nothing.
     up_to_date = run(["make", "-q", ".venv/bin/gunicorn"], cwd=project)
     assert up_to_date.returncode == 0, "make would reinstall:\n" + up_to_date.stdout
     return Bake(project, result.context["package_name"], answers)
