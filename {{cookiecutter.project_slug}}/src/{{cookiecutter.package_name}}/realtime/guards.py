@@ -26,17 +26,11 @@ DECLARED = "declared_by_websocket_route"
 
 
 def websocket_route(path: str, bp: Blueprint | None = None, **options):
-    """Declare a WebSocket route, as Flask-Sock's `sock.route` does, and
-    `handler(connection, **url_values)` runs for each socket it admits.
-
-    What a handshake at `path` goes through, in order:
-
-    1. `admit_by_origin_login_and_room` (below), before the 101;
-    2. Flask-Sock's handshake: the 101;
-    3. `login_required`, a second lock;
-    4. `websocket_handler` (connections.py): the handler gets a `Connection`,
-       closed when it returns, whatever ended it;
-    5. `release_places` (below), once the request is over.
+    """Declare a WebSocket route, as Flask-Sock's `sock.route` does, with all
+    a route needs: `admit_by_origin_login_and_room` before the 101, then
+    `login_required`, then `websocket_handler` (connections.py), which calls
+    `handler(connection, **url_values)`; `release_places` once it is over.
+    The package's docstring (`__init__.py`) follows a handshake step by step.
     """
 
     def declare(handler):
