@@ -27,6 +27,14 @@ CHOICES = {
     if not key.startswith("_") and isinstance(value, list)
 }
 
+# The defaults, then each non-default choice of each question on its own (a
+# default choice baked alone is the defaults bake again).
+VARIANTS = [pytest.param({}, id="defaults")] + [
+    pytest.param({key: value}, id=f"{key}={value}")
+    for key, values in CHOICES.items()
+    for value in values[1:]
+]
+
 # The post-gen hook records the answers in this file, named after cookiecutter.
 ANSWERS_RECORD = ".cookiecutter.json"
 

@@ -9,15 +9,7 @@ import tomllib
 
 import pytest
 import yaml
-from conftest import CHOICES, ruff, run, template_has, unrendered_leftovers
-
-# The defaults, then each non-default choice of each question on its own (a
-# default choice baked alone is the defaults bake again).
-VARIANTS = [pytest.param({}, id="defaults")] + [
-    pytest.param({key: value}, id=f"{key}={value}")
-    for key, values in CHOICES.items()
-    for value in values[1:]
-]
+from conftest import VARIANTS, ruff, run, template_has, unrendered_leftovers
 
 ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]+")
 # What use_docker=n removes (hooks/post_gen_project.py).

@@ -1,31 +1,29 @@
 """A test-only app: the real one plus a WebSocket handler that changes the
-session, behind the same guard as every socket route."""
+session, declared as every socket route is, and one route declared with a plain
+`sock.route`, which the app refuses."""
 
 from flask import Blueprint, session
-from flask_login import login_required
 
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.extensions import sock
-from {{ cookiecutter.package_name }}.realtime.connections import websocket_handler
-from {{ cookiecutter.package_name }}.realtime.guards import (
-    admit_handshake,
-    release_places,
-)
+from {{ cookiecutter.package_name }}.realtime.guards import websocket_route
 
 bp = Blueprint("session_writer", __name__)
-bp.before_request(admit_handshake)
-bp.teardown_request(release_places)
 
 
-@sock.route("/ws/session-writer", bp=bp)
-@login_required
-@websocket_handler
+@websocket_route("/ws/session-writer", bp=bp)
 def write_session(connection) -> None:
     connection.send(f"visits before: {session.get('visits', 0)}")
     session["visits"] = session.get("visits", 0) + 1
     connection.send("changed the session")
     while True:
         connection.send(connection.receive())
+
+
+@sock.route("/ws/undeclared", bp=bp)
+def undeclared(ws) -> None:
+    while True:
+        ws.send(ws.receive())
 
 
 def create_session_writer_app():

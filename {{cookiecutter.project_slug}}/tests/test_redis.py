@@ -13,7 +13,7 @@ import pytest
 import requests
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .conftest import bearer_token, join_chat, open_socket
+from .conftest import bearer_token, join_chat, open_socket, wait_until
 
 NOT_SENT = {"type": "error", "error": "broadcast unavailable; the message was not sent"}
 
@@ -28,6 +28,32 @@ CHAT_OPENED = re.compile(r"\[(\d+)\] \[INFO\] WebSocket /ws/chat opened")
 def worker_pids(server) -> set[str]:
     """The gunicorn workers that have let a chat socket in so far."""
     return set(CHAT_OPENED.findall(server.log()))
+
+
+def socket_on_every_worker(stack: ExitStack, servers, via, tokens) -> list:
+    """Chat sockets opened through `via` (a server, or nginx in front of
+    `servers`) until every worker of `servers` holds one: one per worker.
+
+    Which worker accepts a connection is the kernel's choice, and a worker
+    still booting takes none, so a socket that lands on a worker already
+    covered is closed again and another is tried, until a deadline."""
+    kept = []
+    deadline = time.monotonic() + 90
+
+    def opened() -> int:
+        return sum(len(CHAT_OPENED.findall(server.log())) for server in servers)
+
+    while any(len(worker_pids(server)) < WORKERS for server in servers):
+        assert time.monotonic() < deadline, "a worker took no socket in 90 s"
+        covered = [worker_pids(server) for server in servers]
+        before = opened()
+        ws = open_socket(via, "/ws/chat", token=tokens[len(kept) % len(tokens)])
+        wait_until(lambda: opened() > before, 10, "the socket's line in the log")  # noqa: B023
+        if [worker_pids(server) for server in servers] != covered:
+            kept.append(stack.enter_context(ws))
+        else:
+            ws.close()
+    return kept
 
 
 def say(ws, text: str) -> None:
@@ -53,14 +79,7 @@ def test_chat_reaches_clients_on_every_worker_and_instance(start_server, alice, 
     users = [alice, bob]
     tokens = [bearer_token(first, user) for user in users]
     with ExitStack() as stack:
-        clients = []
-        # Open sockets on the first instance until two workers hold some.
-        while len(worker_pids(first)) < 2:
-            assert len(clients) < 2 * SOCKETS_PER_USER, "all on one worker"
-            token = tokens[len(clients) % 2]
-            ws = stack.enter_context(open_socket(first, "/ws/chat", token=token))
-            clients.append(ws)
-            time.sleep(0.05)
+        clients = socket_on_every_worker(stack, [first], first, tokens)
         clients += [
             stack.enter_context(open_socket(second, "/ws/chat", token=token))
             for token in tokens
@@ -90,14 +109,8 @@ def test_chat_reaches_two_instances_behind_one_nginx(
     users = [alice, bob, make_user()]
     tokens = [bearer_token(proxy, user) for user in users]
     with ExitStack() as stack:
-        clients = []
-        # nginx sends each new socket to the least busy instance; keep opening
-        # until every worker of both instances holds one.
-        while any(len(worker_pids(instance)) < 2 for instance in instances):
-            assert len(clients) < 3 * SOCKETS_PER_USER, "nginx did not spread them"
-            token = tokens[len(clients) % 3]
-            ws = stack.enter_context(open_socket(proxy, "/ws/chat", token=token))
-            clients.append(ws)
+        # nginx sends each new socket to the least busy instance.
+        clients = socket_on_every_worker(stack, instances, proxy, tokens)
         join_chat(*clients)
 
         for number, index in enumerate((0, len(clients) - 1)):

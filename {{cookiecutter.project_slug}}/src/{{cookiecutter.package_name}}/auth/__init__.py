@@ -1,7 +1,6 @@
 """Accounts: the user model, the login pages, bearer tokens and the CLI."""
 
-from flask import Blueprint
+from . import loaders  # noqa: F401  (it registers the user loaders on login_manager)
+from .views import bp
 
-bp = Blueprint("auth", __name__, url_prefix="/auth")
-
-from . import limits, loaders, views  # noqa: E402,F401  (they register on bp and login_manager)
+__all__ = ["bp"]

@@ -25,7 +25,6 @@ from flask_limiter import RateLimitExceeded
 from flask_login import current_user
 
 from ..extensions import limiter
-from . import bp
 from .forms import ChangePasswordForm, LoginForm, RegisterForm
 
 # The form pages re-rendered, with the message, when their POST is refused.
@@ -65,8 +64,8 @@ per_account = limiter.shared_limit(
 )
 
 
-@bp.errorhandler(RateLimitExceeded)
 def too_many_attempts(error: RateLimitExceeded):
+    """The blueprint's handler of RateLimitExceeded (views.py)."""
     retry_after = seconds_until_allowed()
     current_app.logger.warning(
         "too many attempts at %s from %s (%s); refused for %d s",

@@ -1,6 +1,7 @@
 from urllib.parse import unquote, urlsplit
 
 from flask import (
+    Blueprint,
     current_app,
     flash,
     jsonify,
@@ -9,15 +10,18 @@ from flask import (
     request,
     url_for,
 )
+from flask_limiter import RateLimitExceeded
 from flask_login import current_user, login_required, login_user, logout_user
 
 from ..extensions import csrf, db
 from ..realtime.revocations import close_revoked_sockets
-from . import bp
 from .forms import ChangePasswordForm, LoginForm, LogoutForm, RegisterForm
-from .limits import per_account, per_address
+from .limits import per_account, per_address, too_many_attempts
 from .models import AccountError, User, change_password, create_user
 from .tokens import issue_token
+
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+bp.register_error_handler(RateLimitExceeded, too_many_attempts)
 
 # `next` decoded this many times and still not plain is refused, not decoded on.
 MAX_DECODES = 4

@@ -1,19 +1,62 @@
-"""Every WebSocket rule in one place: the handshake guard, the routes, the hub."""
+"""Every WebSocket rule in one place.
 
-from flask import Blueprint, Flask
+A route is declared with `websocket_route` (guards.py), as in routes.py. The
+path of one handshake, in order, and where each step lives:
 
-bp = Blueprint("realtime", __name__)
+1. Behind a trusted proxy, the client's address, scheme and host come from
+   its X-Forwarded-* headers (../proxy.py).
+2. The session opens as one that can turn read-only
+   (`WebSocketSessionInterface`, session.py).
+3. `before_websocket_handshake` (guards.py), a `before_request`, refuses a
+   route not declared with `websocket_route` (500), then
+   `admit_by_origin_login_and_room` (guards.py) checks the Origin (403), the
+   login (401; ../auth/loaders.py loads the user from the cookie or the
+   bearer token), the user's sockets (429; user_sockets.py
+{%- if cookiecutter.broadcast == "redis" %},
+   redis_user_sockets.py
+{%- endif %})
+   and the worker's room (503; `OpenConnections.reserve` in
+   connections.py). Then the session turns read-only.
+4. Flask-Sock answers 101. simple-websocket starts the socket's reader through
+   `websocket_reader` (connections.py), which puts an `Outbox` (outbox.py)
+   between the socket and every write.
+5. `login_required` checks the login again, a second lock.
+6. `websocket_handler` (connections.py) wraps the socket in a `Connection`,
+   counted for the shutdown close and for revocations (revocations.py).
+7. The route's handler (routes.py) runs; the chat subscribes to the hub
+   (hub.py
+{%- if cookiecutter.broadcast == "redis" %}, redis_hub.py
+{%- endif %}).
+8. `release_places` (guards.py), a `teardown_request`, gives the socket's
+   places back once it is closed.
 
-from . import guards, routes  # noqa: E402,F401  (they register on bp)
-from .connections import OpenConnections, websocket_reader  # noqa: E402
-from .hub import create_hub  # noqa: E402
-from .revocations import CredentialCheck, closer  # noqa: E402
-from .session import WebSocketSessionInterface  # noqa: E402
-from .user_sockets import UserSockets  # noqa: E402
+Here, `init_app` also chooses the hub and the count of users' sockets that
+this project uses.
+"""
+
+from flask import Flask
+
+from .connections import OpenConnections, websocket_reader
+from .guards import before_websocket_handshake, release_places
+{%- if cookiecutter.broadcast == "redis" %}
+from .hub import Hub
+{%- else %}
+from .hub import Hub, MemoryHub
+{%- endif %}
+{%- if cookiecutter.broadcast == "redis" %}
+from .redis_hub import RedisHub
+from .redis_user_sockets import RedisUserSockets
+{%- endif %}
+from .revocations import CredentialCheck, closer
+from .routes import bp
+from .session import WebSocketSessionInterface
+from .user_sockets import UserSockets
 
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+    app.before_request(before_websocket_handshake)
+    app.teardown_request(release_places)
     app.session_interface = WebSocketSessionInterface()
     # Every socket's reader thread: see websocket_reader.
     app.config["SOCK_SERVER_OPTIONS"]["thread_class"] = websocket_reader
@@ -30,11 +73,17 @@ def init_app(app: Flask) -> None:
     app.extensions["user_sockets"] = create_user_sockets(app)
 
 
+def create_hub(app: Flask) -> Hub:
+{%- if cookiecutter.broadcast == "redis" %}
+    return RedisHub(app.config["REDIS_URL"], app.logger)
+{%- else %}
+    return MemoryHub()
+{%- endif %}
+
+
 def create_user_sockets(app: Flask) -> UserSockets:
     limit = app.config["WS_MAX_SOCKETS_PER_USER"]
 {%- if cookiecutter.broadcast == "redis" %}
-    from .redis_user_sockets import RedisUserSockets
-
     return RedisUserSockets(limit, app.config["REDIS_URL"], app.logger)
 {%- else %}
     return UserSockets(limit)

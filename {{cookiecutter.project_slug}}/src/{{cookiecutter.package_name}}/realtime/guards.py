@@ -1,34 +1,73 @@
-"""The gate in front of every WebSocket route, run before the handshake.
+"""How a WebSocket route is declared, and the gate in front of it.
 
 Flask-Sock sends the 101 before it calls the view, so a check inside the view
 (`login_required` included) can no longer answer in HTTP: the client would see
-a socket that opens and then closes. This `before_request` runs first and
-answers 403, 401, 429 or 503 while the connection still speaks HTTP.
+a socket that opens and then closes. The gate is a `before_request` instead,
+and answers 401, 403, 429 or 503 while the connection still speaks HTTP.
+
+The gate knows a route by the way it was declared: with `websocket_route`. A
+route declared with a plain `sock.route` would skip it (and the release of its
+places), so a handshake there is refused with 500 and an error in the log.
 """
 
-from flask import current_app, g, jsonify, request
-from flask_login import current_user
+from flask import Blueprint, current_app, g, jsonify, request
+from flask_login import current_user, login_required
 
-from ..extensions import db
-from . import bp
-from .connections import open_connections
+from ..extensions import db, sock
+from .connections import open_connections, websocket_handler
 from .session import make_session_read_only
 from .user_sockets import UserSockets, UserSocketsUnavailable
 
 # Seconds a refused client waits before it tries again.
 RETRY_AFTER_SECONDS = 5
+# The mark of a view declared by `websocket_route`. Flask-Sock's view carries
+# it over from the function it wraps (functools.wraps copies `__dict__`).
+DECLARED = "declared_by_websocket_route"
 
 
-@bp.before_request
-def admit_handshake():
-    """Check, in this order: the Origin (403), the login (401), the user's
-    sockets (429), the worker's room (503). An admitted socket holds a place in
-    both counts until its request ends (`release_places`)."""
+def websocket_route(path: str, bp: Blueprint | None = None, **options):
+    """Declare a WebSocket route, as Flask-Sock's `sock.route` does, with all
+    a route needs: `admit_by_origin_login_and_room` before the 101, then
+    `login_required`, then `websocket_handler` (connections.py), which calls
+    `handler(connection, **url_values)`; `release_places` once it is over.
+    The package's docstring (`__init__.py`) follows a handshake step by step.
+    """
+
+    def declare(handler):
+        view = login_required(websocket_handler(handler))
+        setattr(view, DECLARED, True)
+        sock.route(path, bp=bp, **options)(view)
+        return handler
+
+    return declare
+
+
+def before_websocket_handshake():
+    """The app's `before_request`: refuse a WebSocket route that was not
+    declared with `websocket_route`, then admit or refuse the handshake."""
+    rule = request.url_rule
+    if rule is None or not rule.websocket:
+        return None
+    if not getattr(current_app.view_functions[rule.endpoint], DECLARED, False):
+        current_app.logger.error(
+            "refusing a WebSocket on %s: its route was declared with sock.route; "
+            "declare it with websocket_route (realtime/guards.py)",
+            request.path,
+        )
+        return jsonify(error="this WebSocket route is misconfigured"), 500
     if not current_app.config["WS_COMPRESSION"]:
         # Without the client's offer, simple-websocket does not turn on
         # permessage-deflate, which inflates a message before its size is
         # checked (see the README, "Compression").
         request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    return admit_by_origin_login_and_room()
+
+
+def admit_by_origin_login_and_room():
+    """Check, in this order: the Origin (403), the login (401), the user's
+    sockets (429), the worker's room (503). An admitted socket holds a place in
+    both counts until its request ends (`release_places`), and its session is
+    read-only from here on (session.py)."""
     if not origin_is_allowed():
         return jsonify(error="origin not allowed"), 403
     if not current_user.is_authenticated:
@@ -66,9 +105,9 @@ def admit_handshake():
     return None
 
 
-@bp.teardown_request
 def release_places(_error: BaseException | None) -> None:
-    """The socket's request is over (closed, or refused after a count)."""
+    """The app's `teardown_request`: the socket's request is over (closed, or
+    refused after a count), so its places go back."""
     if g.pop("websocket_slot", False):
         open_connections().release()
     user_id = g.pop("websocket_user", None)

@@ -2,8 +2,13 @@
 
 A handler subscribes a `deliver` function for its socket and publishes what
 its client says; the hub calls every subscriber's `deliver` with the message
-serialized once. `MemoryHub` reaches the sockets of this process only; `RedisHub`
-(broadcast = redis) reaches every worker of every instance.
+serialized once.
+
+Here are the interface, `Hub`, and `MemoryHub`, which reaches the sockets of
+this process only.
+{%- if cookiecutter.broadcast == "redis" %} `RedisHub` (redis_hub.py) reaches every worker of
+every instance.
+{%- endif %} `create_hub` in `__init__.py` chooses the one this project uses.
 
 The hub carries one other thing the same way: revocations. When a user's
 credentials are revoked (a logout, a new password), `revoke` reaches every
@@ -17,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from flask import Flask, current_app
+from flask import current_app
 
 Deliver = Callable[[str], None]
 # (user id, credential version): close the user's sockets opened under an
@@ -85,16 +90,6 @@ class MemoryHub:
 
     def on_revoke(self, close: Revoke) -> None:
         self._close_revoked = close
-
-
-def create_hub(app: Flask) -> Hub:
-{%- if cookiecutter.broadcast == "redis" %}
-    from .redis_hub import RedisHub
-
-    return RedisHub(app.config["REDIS_URL"], app.logger)
-{%- else %}
-    return MemoryHub()
-{%- endif %}
 
 
 def current_hub() -> Hub:

@@ -1,30 +1,28 @@
-"""The WebSocket routes. The guard in guards.py has already let the client in;
-`login_required` stays on each handler as the second lock."""
+"""The WebSocket routes. `websocket_route` (guards.py) brings everything else a
+route needs: the gate before the handshake, `login_required`, the connection
+and its end."""
 
 import json
 import time
 
-from flask import current_app
-from flask_login import current_user, login_required
+from flask import Blueprint, current_app
+from flask_login import current_user
 
-from ..extensions import sock
-from . import bp
-from .connections import POLICY_VIOLATION, Connection, websocket_handler
+from .connections import POLICY_VIOLATION, Connection
+from .guards import websocket_route
 from .hub import HubUnavailable, current_hub
 
+bp = Blueprint("realtime", __name__)
 
-@sock.route("/ws/echo", bp=bp)
-@login_required
-@websocket_handler
+
+@websocket_route("/ws/echo", bp=bp)
 def echo(connection: Connection) -> None:
     """Send every message back unchanged: text as text, binary as binary."""
     while True:
         connection.send(connection.receive())
 
 
-@sock.route("/ws/chat", bp=bp)
-@login_required
-@websocket_handler
+@websocket_route("/ws/chat", bp=bp)
 def chat(connection: Connection) -> None:
     """Relay `{"text": ...}` from this client to every chat client."""
     hub = current_hub()
