@@ -47,12 +47,13 @@ def socket_on_every_worker(stack: ExitStack, servers, via, tokens) -> list:
         assert time.monotonic() < deadline, "a worker took no socket in 90 s"
         covered = [worker_pids(server) for server in servers]
         before = opened()
-        ws = open_socket(via, "/ws/chat", token=tokens[len(kept) % len(tokens)])
+        token = tokens[len(kept) % len(tokens)]
+        ws = stack.enter_context(open_socket(via, "/ws/chat", token=token))
         wait_until(lambda: opened() > before, 10, "the socket's line in the log")  # noqa: B023
         if [worker_pids(server) for server in servers] != covered:
-            kept.append(stack.enter_context(ws))
+            kept.append(ws)
         else:
-            ws.close()
+            ws.close()  # the stack's own close later does nothing
     return kept
 
 
