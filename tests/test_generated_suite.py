@@ -69,12 +69,18 @@ def run_step(command, cwd, timeout, env=None):
     return finished
 
 
-def install_locked(uv: str, venv, project) -> None:
-    """Install as the project's CI and `make install` do: the exact versions
-    of its lock, checked against their hashes, then the project alone.
-    Compiled now, once: with PYTHONDONTWRITEBYTECODE set (as on CI machines)
-    every gunicorn and flask a suite starts would otherwise compile its
-    imports anew, about 3 s each."""
+def locked_venv(uv: str, project):
+    """`project`/.venv, installed as the project's CI and `make install` do:
+    the exact versions of its lock, checked against their hashes, then the
+    project alone. Compiled now, once: with PYTHONDONTWRITEBYTECODE set (as
+    on CI machines) every gunicorn and flask a suite starts would otherwise
+    compile its imports anew, about 3 s each."""
+    venv = project / ".venv"
+    run_step(
+        [uv, "venv", "--no-python-downloads", "--python", VENV_PYTHON, str(venv)],
+        cwd=project,
+        timeout=INSTALL_TIMEOUT,
+    )
     install = [uv, "pip", "install", "--compile-bytecode"]
     install += ["--python", str(venv / "bin" / "python")]
     run_step(
@@ -83,6 +89,7 @@ def install_locked(uv: str, venv, project) -> None:
         timeout=INSTALL_TIMEOUT,
     )
     run_step([*install, "--no-deps", "-e", "."], cwd=project, timeout=INSTALL_TIMEOUT)
+    return venv
 
 
 @pytest.mark.slow
@@ -95,13 +102,7 @@ def test_generated_suite_passes(bake, answers):
     require(uv is not None, "uv is not installed")
 
     project = bake(**answers).project_path
-    venv = project / ".venv"
-    run_step(
-        [uv, "venv", "--no-python-downloads", "--python", VENV_PYTHON, str(venv)],
-        cwd=project,
-        timeout=INSTALL_TIMEOUT,
-    )
-    install_locked(uv, venv, project)
+    venv = locked_venv(uv, project)
 
     # The current environment (REQUIRE_ALL included), as if the venv were
     # activated, so the suite's own subprocesses find its gunicorn and python.

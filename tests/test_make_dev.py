@@ -25,13 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CHOICES, TEMPLATE_DIR, require, run
-from test_generated_suite import (
-    INSTALL_TIMEOUT,
-    VENV_PYTHON,
-    install_locked,
-    reachable,
-    run_step,
-)
+from test_generated_suite import locked_venv, reachable, run_step
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -104,13 +98,7 @@ def make_bake(cookies_session, answers: dict) -> Bake:
     )
     assert result.exception is None, f"bake {answers} failed: {result.exception!r}"
     project = result.project_path
-    venv = project / ".venv"
-    run_step(
-        [uv, "venv", "--no-python-downloads", "--python", VENV_PYTHON, str(venv)],
-        cwd=project,
-        timeout=INSTALL_TIMEOUT,
-    )
-    install_locked(uv, venv, project)
+    locked_venv(uv, project)
     # The venv is newer than pyproject.toml and the lock: make installs nothing.
     up_to_date = run(["make", "-q", ".venv/bin/gunicorn"], cwd=project)
     assert up_to_date.returncode == 0, "make would reinstall:\n" + up_to_date.stdout
