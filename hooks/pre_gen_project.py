@@ -18,17 +18,26 @@ import sys
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 # Import names of what the generated project installs (its dependencies, the
-# dependencies' own, and the dev extra). A package with one of these names
-# would hide the real one on sys.path.
+# dependencies' own, and the dev extra: every package of its locks, which
+# tests/test_hooks.py checks). A package with one of these names would hide the
+# real one on sys.path.
 DEPENDENCY_NAMES = frozenset(
     {
         "alembic",
+        "async_timeout",
         "blinker",
+        "certifi",
+        "cffi",
+        "charset_normalizer",
         "click",
+        "colorama",
+        "cryptography",
+        "deprecated",
         "dns",
         "dotenv",
         "email_validator",
         "flask",
+        "flask_limiter",
         "flask_login",
         "flask_migrate",
         "flask_sock",
@@ -38,16 +47,23 @@ DEPENDENCY_NAMES = frozenset(
         "greenlet",
         "gunicorn",
         "h11",
+        "idna",
+        "iniconfig",
         "itsdangerous",
         "jinja2",
+        "limits",
         "mako",
         "markupsafe",
+        "ordered_set",
         "packaging",
         "pip",
+        "playwright",
         "pluggy",
         "psycopg",
-        "psycopg_binary",
         "psycopg2",
+        "psycopg_binary",
+        "pycparser",
+        "pygments",
         "pytest",
         "redis",
         "requests",
@@ -55,10 +71,13 @@ DEPENDENCY_NAMES = frozenset(
         "setuptools",
         "simple_websocket",
         "sqlalchemy",
+        "trustme",
         "typing_extensions",
+        "tzdata",
         "urllib3",
         "websockets",
         "werkzeug",
+        "wrapt",
         "wsproto",
         "wtforms",
         "zope",

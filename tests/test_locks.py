@@ -206,3 +206,31 @@ def test_a_bake_installs_from_its_locks_offline(bake, tmp_path):
             [str(python), "-c", f"from {package} import create_app"], cwd=tmp_path
         )
         assert imported.returncode == 0, imported.stdout
+
+
+# Distributions whose import name is not their name with "-" as "_".
+IMPORT_NAMES = {
+    "dnspython": "dns",
+    "python-dotenv": "dotenv",
+    "zope-event": "zope",
+    "zope-interface": "zope",
+}
+
+
+def test_the_pre_gen_hook_refuses_the_name_of_every_locked_package():
+    """A package named after one the project installs would hide it: the
+    hook's list covers every package of every shipped lock."""
+    hook = (TEMPLATE_DIR / "hooks" / "pre_gen_project.py").read_text()
+    listed = re.search(
+        r"DEPENDENCY_NAMES = frozenset\(\n    \{\n(.*?)\n    \}", hook, re.S
+    )
+    assert listed, "the hook no longer lists DEPENDENCY_NAMES"
+    refused = set(re.findall(r'"([a-z0-9_]+)"', listed.group(1)))
+    locked = set()
+    for path in (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "locks").rglob(
+        "*.lock"
+    ):
+        for name, _ in pins(path.read_text()):
+            name = canonicalize_name(name)
+            locked.add(IMPORT_NAMES.get(name, name.replace("-", "_")))
+    assert sorted(locked - refused) == []
