@@ -13,9 +13,9 @@ the static folder and the certificate folder.
 
 With `certs` (a folder holding fullchain.pem and privkey.pem, as compose.yaml
 mounts deploy/nginx/certs) nginx runs as shipped: plain HTTP redirects to
-HTTPS, which serves the app. Without, it runs the variant the README gives for
-a load balancer in front that ends TLS: no HTTPS server, and plain HTTP serves
-the app instead of redirecting.
+HTTPS, which serves the app. Without, it runs the variant docs/production.md
+gives for a load balancer in front that ends TLS: no HTTPS server, and plain
+HTTP serves the app instead of redirecting.
 """
 
 import os

@@ -153,10 +153,10 @@ BALANCER_HEADERS = {
 
 
 def test_behind_a_load_balancer_that_ends_tls(start_server, start_nginx, make_user):
-    """The README's variant: nginx on plain HTTP behind the balancer, the app
-    counting both proxies. nginx appends its own entries to the balancer's, so
-    the app sees the client's address, https and the public host, and lets
-    the page's socket in."""
+    """The variant of docs/production.md: nginx on plain HTTP behind the
+    balancer, the app counting both proxies. nginx appends its own entries to
+    the balancer's, so the app sees the client's address, https and the public
+    host, and lets the page's socket in."""
     app = start_server(TRUSTED_PROXY_COUNT="2")
     proxy = start_nginx(app)
     email = make_user()

@@ -58,7 +58,7 @@ def before_websocket_handshake():
     if not current_app.config["WS_COMPRESSION"]:
         # Without the client's offer, simple-websocket does not turn on
         # permessage-deflate, which inflates a message before its size is
-        # checked (see the README, "Compression").
+        # checked (docs/websockets.md, "Inflate memory").
         request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     return admit_by_origin_login_and_room()
 
