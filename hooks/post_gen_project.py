@@ -3,7 +3,9 @@ drop unchosen parts, and say what to do next.
 
 Cookiecutter renders this file with Jinja and runs it inside the new project.
 The answers arrive as one JSON document (``| tojson``), so they are data, never
-code. This script never uses the network.
+code. Only ``the_answers`` holds template syntax, so the template's own tests
+can import this file as it is and read its lists. This script never uses the
+network.
 """
 
 import json
@@ -14,38 +16,49 @@ import shutil
 import textwrap
 from pathlib import Path
 
-# A JSON object never contains three quotes in a row, so the raw string holds.
-ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
-# (question, answer) -> what that answer leaves out of the project.
-# Paths are relative to the project root; a path that does not exist is fine.
-UNWANTED_PATHS = {
-    ("use_docker", "n"): [
-        "Dockerfile",
-        ".dockerignore",
-        "compose.yaml",
-        ".hadolint.yaml",
-        "deploy",
-        # They run the files above through a real nginx.
-        "tests/nginx.py",
-        "tests/test_nginx.py",
-        "tests/test_tls.py",
-        "tests/test_browser_tls.py",
-    ],
-    ("ci", "none"): [".github"],
-    ("broadcast", "memory"): [
-        f"src/{ANSWERS['package_name']}/realtime/redis_hub.py",
-        f"src/{ANSWERS['package_name']}/realtime/redis_user_sockets.py",
-        "tests/test_redis.py",
-    ],
-    ("database", "sqlite"): [
-        # `flask create-database`, and its tests.
-        f"src/{ANSWERS['package_name']}/database.py",
-        "tests/test_create_database.py",
-        # It stops and restarts a PostgreSQL of its own.
-        "tests/test_database_down.py",
-    ],
-}
+def the_answers():
+    # A JSON object never contains three quotes in a row, so the raw string holds.
+    return json.loads(r"""{{ cookiecutter | tojson }}""")
+
+
+# What use_docker = n leaves out of the project, relative to its root.
+DOCKER_PATHS = (
+    "Dockerfile",
+    ".dockerignore",
+    "compose.yaml",
+    ".hadolint.yaml",
+    "deploy",
+    # They run the files above through a real nginx.
+    "tests/nginx.py",
+    "tests/test_nginx.py",
+    "tests/test_tls.py",
+    "tests/test_browser_tls.py",
+)
+
+
+def unwanted_paths(answers):
+    """{(question, answer): what that answer leaves out of the project}.
+
+    Paths are relative to the project root; a path that does not exist is fine.
+    """
+    package = f"src/{answers['package_name']}"
+    return {
+        ("use_docker", "n"): DOCKER_PATHS,
+        ("ci", "none"): (".github",),
+        ("broadcast", "memory"): (
+            f"{package}/realtime/redis_hub.py",
+            f"{package}/realtime/redis_user_sockets.py",
+            "tests/test_redis.py",
+        ),
+        ("database", "sqlite"): (
+            # `flask create-database`, and its tests.
+            f"{package}/database.py",
+            "tests/test_create_database.py",
+            # It stops and restarts a PostgreSQL of its own.
+            "tests/test_database_down.py",
+        ),
+    }
 
 
 # The template ships a compiled pair of dependency locks for each combination
@@ -73,7 +86,7 @@ def keep_the_locks_for(project, answers):
 
 
 def remove_unwanted_paths(project, answers):
-    for (question, answer), paths in UNWANTED_PATHS.items():
+    for (question, answer), paths in unwanted_paths(answers).items():
         if answers.get(question) != answer:
             continue
         for relative in paths:
@@ -170,24 +183,24 @@ def next_steps(answers, folder):
     lines += textwrap.wrap(about, 79, break_long_words=False, break_on_hyphens=False)
     if answers["use_docker"] == "y":
         lines.append(
-            "Or the whole stack in Docker: docker compose up --build "
-            "(see README.md first)."
+            "Or in Docker: docker compose up --build (see docs/production.md first)."
         )
     return lines
 
 
 def main():
     project = Path.cwd()
-    remove_unwanted_paths(project, ANSWERS)
-    keep_the_locks_for(project, ANSWERS)
-    write_private_file(project / ".env", "\n".join(dotenv_lines(ANSWERS)) + "\n")
+    answers = the_answers()
+    remove_unwanted_paths(project, answers)
+    keep_the_locks_for(project, answers)
+    write_private_file(project / ".env", "\n".join(dotenv_lines(answers)) + "\n")
     (project / ".cookiecutter.json").write_text(
-        answers_record(ANSWERS), encoding="utf-8"
+        answers_record(answers), encoding="utf-8"
     )
     shell_dir = os.environ.get("PWD")
     if not is_a_copy_to_compare(project, shell_dir):
         folder = folder_to_cd_into(project, shell_dir)
-        print("\n".join(next_steps(ANSWERS, folder)))
+        print("\n".join(next_steps(answers, folder)))
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ Next steps:
   make dev
 make dev installs the project into .venv, migrates the SQLite database and
 serves the site at http://127.0.0.1:8000, where you can register an account.
-Or the whole stack in Docker: docker compose up --build (see README.md first).
+Or in Docker: docker compose up --build (see docs/production.md first).
 """
 
 NEXT_STEPS_FOR_POSTGRESQL_REDIS_DOCKER = """\
@@ -333,7 +333,7 @@ make dev installs the project into .venv, migrates the database and serves the
 site at http://127.0.0.1:8000, where you can register an account. It creates
 the database chat_hub on first run if it is missing; it needs a PostgreSQL
 server at DATABASE_URL in .env. Chat needs a Redis server at REDIS_URL in .env.
-Or the whole stack in Docker: docker compose up --build (see README.md first).
+Or in Docker: docker compose up --build (see docs/production.md first).
 """
 
 NEXT_STEPS_FOR_POSTGRESQL_WITHOUT_DOCKER = """\
