@@ -12,10 +12,11 @@ template ships a compiled pair for each combination under
 answers need.
 
 For each combination this bakes the project (without hooks) and runs, in the
-bake, the very commands its README gives for refreshing the locks, starting
-from the locks shipped now, so a version changes only when the dependencies
-or --upgrade ask for it. It also writes locks/compiled-from.json: what each
-lock was compiled from, which tests/test_locks.py compares with every bake.
+bake, the very commands its docs/updates.md gives for refreshing the locks,
+starting from the locks shipped now, so a version changes only when the
+dependencies or --upgrade ask for it. It also writes locks/compiled-from.json:
+what each lock was compiled from, which tests/test_locks.py compares with
+every bake.
 It needs uv and the package index (https://pypi.org).
 """
 
@@ -48,12 +49,13 @@ CHOICES = {
 RUNTIME_QUESTIONS = ("worker_class", "database", "broadcast")
 DEV_QUESTION = "use_docker"
 
-# The generated README's refresh commands, in its order, without --upgrade:
-# (the lock written, the command). --universal with the lowest Python the
-# project supports pins one version set for every Python from 3.11 on and every
-# platform, with the hashes of every file of each version; --no-annotate keeps
-# the project's own name (an answer) out of the file. The dev lock is
-# constrained by the runtime lock, so CI tests the versions the image runs.
+# The refresh commands of the generated docs/updates.md, in its order, without
+# --upgrade: (the lock written, the command). --universal with the lowest
+# Python the project supports pins one version set for every Python from 3.11
+# on and every platform, with the hashes of every file of each version;
+# --no-annotate keeps the project's own name (an answer) out of the file. The
+# dev lock is constrained by the runtime lock, so CI tests the versions the
+# image runs.
 COMPILE = (
     "uv pip compile pyproject.toml --universal --python-version 3.11 "
     "--generate-hashes --no-annotate"

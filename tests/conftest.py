@@ -29,7 +29,7 @@ CHOICES = {
 
 # The defaults, then each non-default choice of each question on its own (a
 # default choice baked alone is the defaults bake again).
-VARIANTS = [pytest.param({}, id="defaults")] + [
+EACH_CHOICE_ALONE = [pytest.param({}, id="defaults")] + [
     pytest.param({key: value}, id=f"{key}={value}")
     for key, values in CHOICES.items()
     for value in values[1:]

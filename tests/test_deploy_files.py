@@ -24,7 +24,7 @@ import yaml
 from conftest import require, run
 
 # Every answer that changes a deployment file, on its own and together.
-VARIANTS = [
+DEPLOYMENT_ANSWERS = [
     pytest.param({}, id="defaults"),
     pytest.param({"database": "postgresql"}, id="database=postgresql"),
     pytest.param({"broadcast": "redis"}, id="broadcast=redis"),
@@ -115,7 +115,7 @@ def settings_fixed_for_the_stack(context, secrets=None):
     }
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_compose_has_the_services_the_answers_ask_for(baked, answers):
     result = baked(**answers)
     services = compose(result.project_path)["services"]
@@ -127,7 +127,7 @@ def test_compose_has_the_services_the_answers_ask_for(baked, answers):
     assert set(services) == expected
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_only_nginx_is_published(baked, answers):
     services = compose(baked(**answers).project_path)["services"]
     assert services["nginx"]["ports"] == [
@@ -157,7 +157,7 @@ def test_nginx_mounts_only_the_certificates_and_acme_and_gets_the_https_port(bak
     assert (project / "deploy" / "nginx" / "certs" / "README.md").is_file()
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_nginx_runs_the_dockerfile_nginx_stage_with_config_and_static_files(
     baked, answers
 ):
@@ -206,7 +206,7 @@ def test_certificate_folder_is_git_ignored_but_its_readme_is_not(baked):
     assert readme.returncode == 1, "the certificate folder's README is git-ignored"
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_every_dependency_is_waited_for_and_only_migrate_stays_stopped(baked, answers):
     project = baked(**answers).project_path
     services = compose(project)["services"]
@@ -230,7 +230,7 @@ def test_every_dependency_is_waited_for_and_only_migrate_stays_stopped(baked, an
     assert set(services["migrate"].get("depends_on", {})) == backing & {"db"}
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_migrations_run_once_in_a_service_of_their_own_from_the_app_image(
     baked, answers
 ):
@@ -257,7 +257,7 @@ def test_migrations_run_once_in_a_service_of_their_own_from_the_app_image(
         assert f"chown app:app {instance}" in (project / "Dockerfile").read_text()
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_every_setting_of_the_readme_and_env_example_reaches_the_app(baked, answers):
     """Each setting of the README's table is in the app's environment: fixed
     for the stack, or passed on by name with no value, so that .env or the
@@ -304,7 +304,7 @@ def compose_config(project, env_file, shell):
     return yaml.safe_load(checked.stdout)["services"]
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_docker_compose_config_passes_every_setting_to_the_app(
     baked, answers, tmp_path
 ):
@@ -332,7 +332,7 @@ def test_docker_compose_config_passes_every_setting_to_the_app(
     assert services["app"]["expose"] == ["9000"]
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_docker_compose_config_gives_no_value_for_a_setting_set_nowhere(
     baked, answers, tmp_path
 ):
@@ -352,7 +352,7 @@ def test_docker_compose_config_gives_no_value_for_a_setting_set_nowhere(
     assert services["nginx"]["environment"]["NGINX_UPSTREAM"] == "app:8000"
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_docker_compose_config_accepts_the_file(baked, answers, tmp_path):
     command = compose_command()
     require(command is not None, "docker-compose is not installed")
@@ -395,7 +395,7 @@ def dockerfile_healthcheck(project):
     return options.split(), json.loads(command)
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_hadolint_passes_on_the_dockerfile(baked, answers):
     hadolint = tool("hadolint")
     require(hadolint is not None, "hadolint is not installed (requirements-dev.txt)")
@@ -409,7 +409,7 @@ def test_hadolint_passes_on_the_dockerfile(baked, answers):
     assert code == 0 and not checked.stdout.strip(), f"hadolint:\n{checked.stdout}"
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_dockerfile_runs_gunicorn_as_a_user_on_the_chosen_python(baked, answers):
     result = baked(**answers)
     dockerfile = (result.project_path / "Dockerfile").read_text()
@@ -482,7 +482,7 @@ def test_the_app_port_defaults_to_config_py_wherever_it_is_needed(baked):
     assert services["app"]["expose"] == [f"${{PORT:-{default}}}"]
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_dockerfile_installs_the_lock_with_hashes_then_the_project_alone(
     baked, answers
 ):
@@ -583,7 +583,7 @@ def test_dockerignore_keeps_secrets_and_caches_out_and_lets_the_copies_in(baked)
 # --- nginx ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_compose_sets_every_variable_of_the_nginx_template(baked, answers):
     project = baked(**answers).project_path
     rendered = load_generated_nginx_helper(project).render_templates()
@@ -721,7 +721,7 @@ def self_signed_pair(folder):
     return folder
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_nginx_t_accepts_the_config_with_and_without_tls(baked, answers, tmp_path):
     """`nginx -t` on the config as shipped (with a certificate pair) and as the
     README's variant behind a load balancer that ends TLS; tests/nginx.py
@@ -736,7 +736,7 @@ def test_nginx_t_accepts_the_config_with_and_without_tls(baked, answers, tmp_pat
         assert checked.returncode == 0, f"{name}:\n{checked.stderr}"
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_gixy_reports_nothing_on_the_rendered_nginx_config(baked, answers, tmp_path):
     gixy = tool("gixy")
     require(gixy is not None, "gixy is not installed (requirements-dev.txt: gixy-ng)")

@@ -20,7 +20,7 @@ OUTPUT_TAIL = 6000
 
 # Each worker class meets each database and each broadcast once: four runs
 # instead of eight, and every implemented answer runs its suite.
-VARIANTS = [
+PAIRWISE_COMBINATIONS = [
     pytest.param({}, id="gthread-sqlite-memory"),
     pytest.param(
         {"worker_class": "gevent", "database": "postgresql"},
@@ -93,7 +93,7 @@ def locked_venv(uv: str, project):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", PAIRWISE_COMBINATIONS)
 def test_generated_suite_passes(bake, answers):
     for (question, answer), (name, host, port) in SERVICES.items():
         if answers.get(question) == answer:

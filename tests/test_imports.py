@@ -4,7 +4,7 @@ no module imports one that (through any others) imports it back."""
 import ast
 
 import pytest
-from conftest import VARIANTS
+from conftest import EACH_CHOICE_ALONE
 
 
 def package_modules(src):
@@ -77,7 +77,7 @@ def test_import_cycles_are_found():
     assert import_cycles(graph) == [["a", "b"], ["d"]]
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", EACH_CHOICE_ALONE)
 def test_modules_import_one_another_in_one_direction(baked, answers):
     src = baked(**answers).project_path / "src"
     modules = package_modules(src)

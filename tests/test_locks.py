@@ -4,8 +4,8 @@ scripts/lock.py compiles a pair of locks for every combination of the answers
 that change the dependencies and records what each was compiled from; the
 post-gen hook keeps the pair a bake needs. These tests compare that record
 with what every bake's pyproject.toml asks for (no network), check that the
-locks name the commands the generated README gives for refreshing them, and
-install one bake from its locks with uv, offline, from uv's cache.
+locks name the commands the generated docs/updates.md gives for refreshing
+them, and install one bake from its locks with uv, offline, from uv's cache.
 """
 
 import importlib.util
@@ -44,7 +44,7 @@ COMBINATIONS = [
 ]
 # Every combination of the answers the locks depend on, and each other
 # question's other choices, which must not change what is locked.
-VARIANTS = [
+COMBINATIONS_AND_OTHER_CHOICES = [
     pytest.param(answers, id=",".join(answers.values())) for answers in COMBINATIONS
 ] + [
     pytest.param({question: value}, id=f"{question}={value}")
@@ -71,7 +71,7 @@ def pins(text):
     return found
 
 
-@pytest.mark.parametrize("answers", VARIANTS)
+@pytest.mark.parametrize("answers", COMBINATIONS_AND_OTHER_CHOICES)
 def test_the_bake_carries_the_locks_compiled_from_its_pyproject(baked, answers):
     result = baked(**answers)
     project = result.project_path
@@ -104,9 +104,9 @@ def test_each_lock_names_the_command_that_compiled_it(shipped):
     ], REFRESH_AGAIN
 
 
-def test_the_readme_refreshes_the_locks_with_those_commands(baked):
-    readme = (baked().project_path / "README.md").read_text()
-    section = readme.split("\n## Dependency locks\n", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_refresh_the_locks_with_those_commands(baked):
+    updates = (baked().project_path / "docs" / "updates.md").read_text()
+    section = updates.split("\n## Dependency locks\n", 1)[1].split("\n## ", 1)[0]
     [block] = re.findall(r"^```sh\n(.*?)^```$", section, re.M | re.S)
     commands = [
         " ".join(line.split()) for line in block.replace("\\\n", " ").splitlines()
