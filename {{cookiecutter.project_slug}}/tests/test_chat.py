@@ -67,7 +67,7 @@ def test_any_json_string_is_relayed_as_it_was_sent(server, alice):
 def test_every_frame_arrives_whole_while_deliveries_and_replies_race(server, alice):
     """Three clients flood the chat while the fourth draws error replies from
     its own handler: it gets every message, each frame whole. (A race is rare
-    at this size; test_connections.py pins the one-writer rule itself.)"""
+    at this size; test_outbox.py pins the one-writer rule itself.)"""
     token = bearer_token(server, alice)
     # Within the burst that WS_MAX_MESSAGES_PER_SECOND (20) lets a socket send
     # at once, after the message that joins the chat.
