@@ -2,10 +2,10 @@
 the manual cannot drift from the code.
 
 Their fenced blocks are read in order: the README first, then each docs file
-by name. Each shell command must match COMMANDS, which runs it on a real bake
-with its locked venv, as a reader with that venv activated would, against a
-gunicorn started as the README starts it; or NOT_RUN_HERE, which says why it
-cannot run here and what proves it instead. Each Python block must match
+by name. Each shell command must match commands(), which runs it on a real
+bake with its locked venv, as a reader with that venv activated would,
+against a gunicorn started as the README starts it; or NOT_RUN_HERE, which
+says why it cannot run here and what proves it instead. Each Python block must match
 PYTHON_BLOCKS. Anything else fails: teach this file to run it, or say why it
 cannot.
 
@@ -377,7 +377,7 @@ def test_every_command_in_the_readme_and_docs_is_known(baked, answers):
     unknown = [what for what, action, _ in plan if action == "unknown"]
     assert not unknown, (
         "the generated docs show what tests/test_readme.py cannot run or "
-        "explain; add it to COMMANDS, PYTHON_BLOCKS or NOT_RUN_HERE:\n  "
+        "explain; add it to commands(), PYTHON_BLOCKS or NOT_RUN_HERE:\n  "
         + "\n  ".join(unknown)
     )
     ran = [what for what, action, _ in plan if callable(action)]
