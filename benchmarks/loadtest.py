@@ -1,7 +1,15 @@
 """Open many authenticated WebSockets, check each with an echo, hold them, report.
 
-    python scripts/loadtest.py ws://127.0.0.1:8080/ws/echo -n 10000 --hold 60 \\
-        --user you@example.com --server-pid "$(cat gunicorn.pid)"
+The client benchmarks/run.py measures with, run by each bake's own venv python:
+
+    .venv/bin/python benchmarks/loadtest.py ws://127.0.0.1:8080/ws/echo \\
+        -n 10000 --hold 60 --user you@example.com --server-pid "$(cat gunicorn.pid)"
+
+A generated project ships a short tool for its owner instead
+(scripts/loadtest.py: open, hold, echo once, memory by pid); this one adds what
+the benchmarks report: latency percentiles, echo traffic during the hold,
+permessage-deflate, the memory and CPU of a process tree (gunicorn, nginx), a
+warm-up, the first failure, many source addresses, a JSON report.
 
 It asks /auth/token once for a bearer token (HTTP Basic, `--user`, and the
 password from `--password`, $LOADTEST_PASSWORD or a prompt; or give `--token`),
@@ -35,7 +43,7 @@ Many sockets from one process: the open-file limit is raised to what N needs
 ephemeral port range (/proc/sys/net/ipv4/ip_local_port_range, about 28,000
 ports per source and destination address) the sockets leave from several
 loopback addresses (127.0.0.1, 127.0.0.2, ...), which only works against a
-server on loopback. Standard library and `websockets` (the dev extra) only.
+server on loopback. Standard library and `websockets` (a bake's dev extra) only.
 """
 
 import argparse
