@@ -250,10 +250,13 @@ class Variant:
             "WEB_CONCURRENCY": str(WORKERS),
             "GUNICORN_THREADS": str(THREADS),
             "GUNICORN_WORKER_CONNECTIONS": str(WORKER_CONNECTIONS),
-            # Every socket of a run is the one user's, and the fan-out's
-            # publisher sends as fast as it can: lift both limits.
+            # Every socket of a run is the one user's, the fan-out's
+            # publisher sends as fast as it can, and every run of the client
+            # asks for a token: lift those limits.
             "WS_MAX_SOCKETS_PER_USER": "1000000",
             "WS_MAX_MESSAGES_PER_SECOND": "1000000",
+            "AUTH_LIMIT_PER_ADDRESS": "1000000/minute",
+            "AUTH_LIMIT_PER_ACCOUNT": "1000000/minute",
         }
         flask = [bake.bin("flask"), "--app", bake.package]
         env = bake.environ(**self.settings)
@@ -297,7 +300,13 @@ class Variant:
 
     def nginx(self, app: Service):
         prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=self.logs))
-        return self.nginx_class(prefix, [f"127.0.0.1:{app.port}"]).start()
+        # nginx's own limit on /auth/ too, for the same reason.
+        return self.nginx_class(
+            prefix,
+            [f"127.0.0.1:{app.port}"],
+            NGINX_AUTH_RATE="1000r/s",
+            NGINX_AUTH_BURST="100000",
+        ).start()
 
 
 def nginx_class(bake: Bake):
