@@ -482,7 +482,6 @@ def measure_fanout(variant: Variant, scale: Scale) -> list[dict]:
             command = [
                 variant.bake.python,
                 BENCHMARKS / "fanout.py",
-                variant.bake.root,
                 url,
                 *("-n", scale.subscribers, "--messages", scale.fanout_messages),
                 *("--server-pid", server.pid, "--server-port", server.port),
