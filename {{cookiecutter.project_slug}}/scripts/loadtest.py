@@ -124,14 +124,19 @@ async def run(arguments, token: str) -> tuple[int, int, Counter, float, tuple]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", help="ws:// or wss:// URL of the echo route")
-    parser.add_argument("-n", "--connections", type=int, default=100)
-    parser.add_argument("--hold", type=float, default=10, help="seconds")
-    parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--timeout", type=float, default=10, help="seconds per step")
-    parser.add_argument("--user", help="email for /auth/token")
-    parser.add_argument("--token", default=os.environ.get("LOADTEST_TOKEN"))
-    parser.add_argument("--server-pid", type=int, help="the gunicorn master's pid")
+    add = parser.add_argument
+    add("url", help="ws:// or wss:// URL of the echo route")
+    add("-n", "--connections", type=int, default=100, help="sockets (100)")
+    add("--hold", type=float, default=10, help="seconds to hold them (10)")
+    add("--concurrency", type=int, default=100, help="handshakes at once (100)")
+    add("--timeout", type=float, default=10, help="seconds per step (10)")
+    add("--user", help="email for /auth/token")
+    add(
+        "--token",
+        default=os.environ.get("LOADTEST_TOKEN"),
+        help="a bearer token instead of --user (default: $LOADTEST_TOKEN)",
+    )
+    add("--server-pid", type=int, help="the gunicorn master's pid")
     arguments = parser.parse_args()
     if urlsplit(arguments.url).scheme not in ("ws", "wss"):
         parser.error("the URL must start with ws:// or wss://")
