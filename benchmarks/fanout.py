@@ -1,10 +1,10 @@
 """Chat fan-out: how long one message takes to reach every subscriber.
 
-    python benchmarks/fanout.py PROJECT ws://127.0.0.1:8080/ws/chat -n 1000 \\
+    python benchmarks/fanout.py ws://127.0.0.1:8080/ws/chat -n 1000 \\
         [--token TOKEN] [--server-pid PID --server-port PORT] --json fanout.json
 
-run.py runs it with a generated project's Python, and it borrows that
-project's scripts/loadtest.py for opening sockets. It opens N subscribers and
+run.py runs it with a generated project's Python, and it borrows
+benchmarks/loadtest.py for opening sockets. It opens N subscribers and
 one sender, waits until every subscriber hears the sender (so each is
 subscribed), then sends `--messages` messages one at a time and times, for
 each, how long it takes to reach each subscriber. With `--server-pid` (the
@@ -16,7 +16,6 @@ the subscribers are spread over the workers.
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import secrets
@@ -25,18 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+import loadtest
+
 # Seconds to wait for every subscriber to hear the sender's joining message.
 JOIN_SECONDS = 60
 # Pause between timed messages, so that one does not queue behind another.
 PAUSE_SECONDS = 0.5
-
-
-def load_loadtest(project: Path):
-    path = project / "scripts" / "loadtest.py"
-    spec = importlib.util.spec_from_file_location("loadtest", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def sockets_per_worker(master: int, port: int) -> dict[int, int]:
@@ -68,7 +61,7 @@ def sockets_per_worker(master: int, port: int) -> dict[int, int]:
     return counts
 
 
-async def measure(arguments, loadtest) -> dict:
+async def measure(arguments) -> dict:
     plan = loadtest.Plan(
         url=arguments.url,
         connections=arguments.subscribers + 1,
@@ -111,7 +104,7 @@ async def measure(arguments, loadtest) -> dict:
     tasks.append(asyncio.create_task(listening.drain(sender)))
     report = {"asked": arguments.subscribers, "subscribers": len(subscribers)}
     try:
-        report.update(await timed_messages(arguments, sender, listening, loadtest))
+        report.update(await timed_messages(arguments, sender, listening))
     except Exception as error:  # the sender's socket failed: say how
         report["error"] = loadtest.failure_reason(error, "sending")
     for task in tasks:
@@ -157,7 +150,7 @@ class Listening:
                 await ws.recv()
 
 
-async def timed_messages(arguments, sender, listening: Listening, loadtest) -> dict:
+async def timed_messages(arguments, sender, listening: Listening) -> dict:
     """Join every subscriber, then time each message to every one of them."""
     # A subscriber may not be subscribed yet when its 101 arrives, so send
     # until all have heard one joining message (each a new label).
@@ -215,7 +208,6 @@ async def timed_messages(arguments, sender, listening: Listening, loadtest) -> d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("project", type=Path, help="a generated project")
     parser.add_argument("url", help="ws:// URL of the chat route")
     parser.add_argument("-n", "--subscribers", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=5)
@@ -225,9 +217,8 @@ def main() -> int:
     parser.add_argument("--server-port", type=int)
     parser.add_argument("--json", type=Path, required=True)
     arguments = parser.parse_args()
-    loadtest = load_loadtest(arguments.project)
     loadtest.raise_open_file_limit(arguments.subscribers + 256)
-    report = asyncio.run(measure(arguments, loadtest))
+    report = asyncio.run(measure(arguments))
     arguments.json.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "messages"}))
     return 0 if report.get("reached_min") == arguments.subscribers else 1

@@ -16,10 +16,12 @@ free port, and for each worker class measures, in one run:
 Figures: echo round trips per second and p50/p99 latency at 1, 100 and 1,000
 connections; the most sockets held with no error and the memory per socket,
 with permessage-deflate on and off; chat fan-out time to 1,000 subscribers on
-two workers. The clients are the generated project's own scripts/loadtest.py
-and benchmarks/fanout.py. It writes BENCHMARKS.md, latency.png and
-results.json to benchmarks/ (--quick: to a temporary folder, unless
---output-dir says otherwise). Only loopback addresses are used.
+two workers. The clients are benchmarks/loadtest.py and benchmarks/fanout.py,
+run by each bake's venv python. It writes results.json, then BENCHMARKS.md
+and latency.png from it (benchmarks/report.py, which also rewrites them from
+an earlier results.json without measuring), to benchmarks/ (--quick: to a
+temporary folder, unless --output-dir says otherwise). Only loopback
+addresses are used.
 """
 
 import argparse
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests  # cookiecutter's own dependency
+from report import write_report
 
 BENCHMARKS = Path(__file__).resolve().parent
 TEMPLATE = BENCHMARKS.parent
@@ -59,20 +62,10 @@ THREADS = 1000
 WORKER_CONNECTIONS = 10000
 KEEPALIVE = 5
 TIMEOUT = 30
-# nginx: two connections per proxied socket; raised as the generated README
-# says, so that nginx is never the limit being measured.
+# nginx: two connections per proxied socket; raised as the generated
+# docs/capacity.md says, so that nginx is never the limit being measured.
 NGINX_WORKER_CONNECTIONS = 32768
 NGINX_RLIMIT_NOFILE = 2 * NGINX_WORKER_CONNECTIONS
-# The targets of issue 5.
-TARGET_THROUGHPUT_RATIO = 0.8
-TARGET_GEVENT_SOCKETS = 10_000
-TARGET_IDLE_SOCKET_BYTES = 50 * 1024
-# What each target is called in BENCHMARKS.md.
-LABELS = {
-    "baseline": "baseline",
-    "app": "service, direct",
-    "nginx": "service via nginx",
-}
 
 
 @dataclass(frozen=True)
@@ -184,6 +177,8 @@ class Bake:
     worker_class: str
     root: Path
     package: str
+    # The environment variables its settings read.
+    setting_names: tuple[str, ...] = ()
 
     @property
     def python(self) -> Path:
@@ -191,6 +186,12 @@ class Bake:
 
     def bin(self, name: str) -> Path:
         return self.root / ".venv" / "bin" / name
+
+    def environ(self, **settings: str) -> dict:
+        """This environment without the bake's settings, plus `settings`."""
+        environ = os.environ.items()
+        kept = {k: v for k, v in environ if k not in self.setting_names}
+        return {**kept, **settings}
 
 
 def bake(worker_class: str, workdir: Path) -> Bake:
@@ -214,7 +215,11 @@ def bake(worker_class: str, workdir: Path) -> Bake:
         install = [str(venv / "bin/python"), "-m", "pip", "install", "-q"]
     run([*install, "-e", f"{root}[dev]"])
     (package,) = [path.parent.name for path in (root / "src").glob("*/__init__.py")]
-    return Bake(worker_class, root, package)
+    baked = Bake(worker_class, root, package)
+    # The bake's own Settings (pydantic-settings) name its variables.
+    script = f"from {package}.config import Settings; print(*Settings.model_fields)"
+    baked.setting_names = tuple(run([baked.python, "-c", script]).stdout.split())
+    return baked
 
 
 def run(command, **options) -> subprocess.CompletedProcess:
@@ -225,15 +230,6 @@ def run(command, **options) -> subprocess.CompletedProcess:
     if result.returncode != 0:
         raise RuntimeError(f"{command[0]} failed:\n{result.stdout}{result.stderr}")
     return result
-
-
-def clean_environ(**settings: str) -> dict:
-    """This environment without the service's settings, plus `settings`."""
-    config = TEMPLATE / "{{cookiecutter.project_slug}}" / "src"
-    config = config / "{{cookiecutter.package_name}}" / "config.py"
-    names = re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"', config.read_text())
-    environ = {k: v for k, v in os.environ.items() if k not in names}
-    return {**environ, **settings}
 
 
 class Variant:
@@ -254,13 +250,16 @@ class Variant:
             "WEB_CONCURRENCY": str(WORKERS),
             "GUNICORN_THREADS": str(THREADS),
             "GUNICORN_WORKER_CONNECTIONS": str(WORKER_CONNECTIONS),
-            # Every socket of a run is the one user's, and the fan-out's
-            # publisher sends as fast as it can: lift both limits.
+            # Every socket of a run is the one user's, the fan-out's
+            # publisher sends as fast as it can, and every run of the client
+            # asks for a token: lift those limits.
             "WS_MAX_SOCKETS_PER_USER": "1000000",
             "WS_MAX_MESSAGES_PER_SECOND": "1000000",
+            "AUTH_LIMIT_PER_ADDRESS": "1000000/minute",
+            "AUTH_LIMIT_PER_ACCOUNT": "1000000/minute",
         }
         flask = [bake.bin("flask"), "--app", bake.package]
-        env = clean_environ(**self.settings)
+        env = bake.environ(**self.settings)
         run([*flask, "db", "upgrade"], cwd=bake.root, env=env)
         run(
             [*flask, "users", "create", USER, "--password", PASSWORD],
@@ -282,7 +281,7 @@ class Variant:
             *("--access-logfile", "-", "--no-control-socket"),
             *("--bind", "127.0.0.1:{port}", "baseline_app:app"),
         ]
-        env = clean_environ(REDIS_URL=self.redis_url)
+        env = self.bake.environ(REDIS_URL=self.redis_url)
         service = Service(
             f"baseline-{self.worker_class}", command, BENCHMARKS, env, self.logs
         )
@@ -293,7 +292,7 @@ class Variant:
             self.bake.bin("gunicorn"),
             *("-c", "gunicorn.conf.py", "--bind", "127.0.0.1:{port}"),
         ]
-        env = clean_environ(**self.settings, WS_COMPRESSION=compression)
+        env = self.bake.environ(**self.settings, WS_COMPRESSION=compression)
         service = Service(
             f"app-{self.worker_class}", command, self.bake.root, env, self.logs
         )
@@ -301,7 +300,13 @@ class Variant:
 
     def nginx(self, app: Service):
         prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=self.logs))
-        return self.nginx_class(prefix, [f"127.0.0.1:{app.port}"]).start()
+        # nginx's own limit on /auth/ too, for the same reason.
+        return self.nginx_class(
+            prefix,
+            [f"127.0.0.1:{app.port}"],
+            NGINX_AUTH_RATE="1000r/s",
+            NGINX_AUTH_BURST="100000",
+        ).start()
 
 
 def nginx_class(bake: Bake):
@@ -337,13 +342,13 @@ def nginx_class(bake: Bake):
 
 
 def loadtest(variant: Variant, url: str, *, authenticated: bool, **options) -> dict:
-    """Run the bake's scripts/loadtest.py; its JSON report."""
-    report = variant.logs / f"loadtest-{secrets.token_hex(4)}.json"
+    """Run benchmarks/loadtest.py with the bake's python; its JSON report."""
+    report_path = variant.logs / f"loadtest-{secrets.token_hex(4)}.json"
     command = [
         variant.bake.python,
-        variant.bake.root / "scripts" / "loadtest.py",
+        BENCHMARKS / "loadtest.py",
         url,
-        *("--json", report, "--quiet"),
+        *("--json", report_path, "--quiet"),
     ]
     if authenticated:
         command += ["--user", USER]
@@ -361,9 +366,9 @@ def loadtest(variant: Variant, url: str, *, authenticated: bool, **options) -> d
         timeout=bound,
         env={**os.environ, "LOADTEST_PASSWORD": PASSWORD},
     )
-    if not report.exists():
+    if not report_path.exists():
         raise RuntimeError(f"loadtest failed:\n{result.stdout}{result.stderr}")
-    return json.loads(report.read_text())
+    return json.loads(report_path.read_text())
 
 
 def measure_echo(variant: Variant, scale: Scale) -> list[dict]:
@@ -477,7 +482,6 @@ def measure_fanout(variant: Variant, scale: Scale) -> list[dict]:
             command = [
                 variant.bake.python,
                 BENCHMARKS / "fanout.py",
-                variant.bake.root,
                 url,
                 *("-n", scale.subscribers, "--messages", scale.fanout_messages),
                 *("--server-pid", server.pid, "--server-port", server.port),
@@ -587,332 +591,6 @@ def template_commit() -> str:
     return commit.strip() + (" with uncommitted changes" if dirty.strip() else "")
 
 
-# --- the report --------------------------------------------------------------
-
-
-def spread(rates: list[float]) -> str:
-    """The range over the rounds, when there were several."""
-    if len(rates) < 2:
-        return ""
-    return f" ({min(rates):,.0f}–{max(rates):,.0f})"
-
-
-def ratio(value, baseline) -> str:
-    if value is None or not baseline:
-        return "–"
-    return f"×{value / baseline:.2f}"
-
-
-def number(value, digits=0, unit="") -> str:
-    if value is None:
-        return "–"
-    return f"{value:,.{digits}f}{unit}"
-
-
-def held(report: dict) -> int:
-    """Sockets held with no error: all of them, or those open at the first failure."""
-    if report["failed"]:
-        return report["open_at_first_failure"] or 0
-    return report["held"]
-
-
-def first_failure(report: dict) -> str:
-    if not report["failures"]:
-        return "none"
-    return next(iter(report["failures"]))
-
-
-def opening_rate(report: dict) -> float | None:
-    seconds = report["ramp_seconds"]
-    return report["opened"] / seconds if seconds else None
-
-
-def kilobytes(report: dict, group="server"):
-    per_socket = report.get(group, {}).get("per_socket_bytes")
-    return None if per_socket is None else per_socket / 1024
-
-
-def cpu(report: dict) -> str:
-    parts = [f"client {report['client_cpu_share']:.0%}"]
-    for group, label in (("server", "gunicorn"), ("proxy", "nginx")):
-        if group in report and report[group]["cpu_share"] is not None:
-            parts.append(f"{label} {report[group]['cpu_share']:.0%}")
-        elif group in report:
-            parts.append(f"{label} not measured (its processes changed)")
-    return ", ".join(parts)
-
-
-def echo_table(rows: list[dict]) -> list[str]:
-    lines = [
-        "| connections | target | round trips/s | vs baseline | p50 ms | vs baseline "
-        "| p99 ms | vs baseline | CPU during the run (share of one core) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    base = {r["connections"]: r["report"] for r in rows if r["target"] == "baseline"}
-    for row in sorted(
-        rows, key=lambda r: (r["connections"], r["target"] != "baseline")
-    ):
-        report, reference = row["report"], base.get(row["connections"], {})
-        rate = report.get("round_trips_per_second")
-        p50, p99 = report["traffic_ms"]["p50"], report["traffic_ms"]["p99"]
-        base_p50 = reference.get("traffic_ms", {}).get("p50")
-        base_p99 = reference.get("traffic_ms", {}).get("p99")
-        failed = f" ({report['failed']} failed)" if report["failed"] else ""
-        lines.append(
-            f"| {row['connections']:,} | {LABELS[row['target']]}{failed} "
-            f"| {number(rate)}{spread(row.get('rates', []))} "
-            f"| {ratio(rate, reference.get('round_trips_per_second'))} "
-            f"| {number(p50, 1)} | {ratio(p50, base_p50)} "
-            f"| {number(p99, 1)} | {ratio(p99, base_p99)} "
-            f"| {cpu(report)} |"
-        )
-    return lines
-
-
-def capacity_table(rows: list[dict]) -> list[str]:
-    lines = [
-        "| permessage-deflate | target | tried | held with no error | vs baseline "
-        "| first failure | opened per second | vs baseline "
-        "| app memory per socket | vs baseline | nginx per socket |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        report = row["report"]
-        reference = next(
-            r["report"]
-            for r in rows
-            if r["target"] == "baseline" and r["compression"] == row["compression"]
-        )
-        lines.append(
-            f"| {row['compression']} | {LABELS[row['target']]} | {row['tried']:,} "
-            f"| {held(report):,} | {ratio(held(report), held(reference))} "
-            f"| {first_failure(report)} "
-            f"| {number(opening_rate(report))} "
-            f"| {ratio(opening_rate(report), opening_rate(reference))} "
-            f"| {number(kilobytes(report), 1, ' KB')} "
-            f"| {ratio(kilobytes(report), kilobytes(reference))} "
-            f"| {number(kilobytes(report, 'proxy'), 1, ' KB')} |"
-        )
-    return lines
-
-
-def fanout_table(results: dict) -> list[str]:
-    lines = [
-        "| worker class | target | subscribers reached | per worker "
-        "| time to reach all (median) | vs baseline | p50 arrival | vs baseline |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for worker_class, section in results["variants"].items():
-        rows = section["fanout"]
-        base = next(r["report"] for r in rows if r["target"] == "baseline")
-        for row in rows:
-            report = row["report"]
-            reached = f"{report.get('reached_min', 0):,} of {report.get('asked', 0):,}"
-            if report.get("error"):
-                reached += f" (the sender's socket: {report['error']})"
-            spread = " + ".join(str(n) for n in report.get("per_worker", [])) or "–"
-            lines.append(
-                f"| {worker_class} | {LABELS[row['target']]} | {reached} | {spread} "
-                f"| {number(report.get('all_ms_median'), 1, ' ms')} "
-                f"| {ratio(report.get('all_ms_median'), base.get('all_ms_median'))} "
-                f"| {number(report.get('p50_ms_median'), 1, ' ms')} "
-                f"| {ratio(report.get('p50_ms_median'), base.get('p50_ms_median'))} |"
-            )
-    return lines
-
-
-def targets(results: dict) -> list[str]:
-    lines = ["| target | measured | met |", "| --- | --- | --- |"]
-    for worker_class, section in results["variants"].items():
-        echo = section["echo"]
-        at_100 = {
-            r["target"]: r["report"].get("round_trips_per_second")
-            for r in echo
-            if r["connections"] == 100
-        }
-        if at_100.get("nginx") and at_100.get("baseline"):
-            share = at_100["nginx"] / at_100["baseline"]
-            lines.append(
-                f"| {worker_class}: echo through nginx at 100 connections "
-                f">= {TARGET_THROUGHPUT_RATIO} of the baseline | ×{share:.2f} "
-                f"({at_100['nginx']:,.0f} vs {at_100['baseline']:,.0f} round trips/s) "
-                f"| {'yes' if share >= TARGET_THROUGHPUT_RATIO else 'no'} |"
-            )
-        for row in section["capacity"]:
-            if row["target"] != "nginx" or row["compression"] != "off":
-                continue
-            size = kilobytes(row["report"])
-            if size is not None:
-                lines.append(
-                    f"| {worker_class}: memory per idle socket, deflate off, "
-                    f"<= {TARGET_IDLE_SOCKET_BYTES // 1024} KB | {size:.1f} KB "
-                    f"| {'yes' if size * 1024 <= TARGET_IDLE_SOCKET_BYTES else 'no'} |"
-                )
-            if worker_class == "gevent":
-                count = held(row["report"])
-                lines.append(
-                    f"| gevent holds {TARGET_GEVENT_SOCKETS:,} sockets through nginx "
-                    f"| {count:,} held with no error (of {row['tried']:,} tried) "
-                    f"| {'yes' if count >= TARGET_GEVENT_SOCKETS else 'no'} |"
-                )
-    return lines
-
-
-def write_chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    variants = results["variants"]
-    figure, axes = plt.subplots(
-        1, len(variants), figsize=(4.5 * len(variants), 3.6), sharey=True, squeeze=False
-    )
-    colours = {"baseline": "#777777", "app": "#1f77b4", "nginx": "#d62728"}
-    for axis, (worker_class, section) in zip(axes[0], variants.items(), strict=True):
-        for target, colour in colours.items():
-            rows = sorted(
-                (r for r in section["echo"] if r["target"] == target),
-                key=lambda r: r["connections"],
-            )
-            counts = [r["connections"] for r in rows]
-            for quantile, style in (("p50", "-"), ("p99", "--")):
-                axis.plot(
-                    counts,
-                    [r["report"]["traffic_ms"][quantile] for r in rows],
-                    style,
-                    marker="o",
-                    color=colour,
-                    label=f"{LABELS[target]} {quantile}",
-                )
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_title(f"{worker_class}: echo latency")
-        axis.set_xlabel("concurrent connections, each echoing")
-        axis.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("round trip, ms")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
-def write_markdown(results: dict, path: Path, chart_name: str) -> None:
-    info = results["machine"]
-    lines = [
-        "# Benchmarks",
-        "",
-        "The generated service against a baseline, measured in one run on one "
-        "machine. The baseline is Flask-Sock's tutorial echo app "
-        "([baseline_app.py](baseline_app.py)) under gunicorn with the same "
-        "settings, without nginx. **Service via nginx** is the generated "
-        "service (`broadcast = redis`) behind the generated nginx "
-        "configuration, the way it is deployed; **service, direct** is the "
-        "same service straight from gunicorn, to tell nginx's share from the "
-        "app's. Every figure has its ratio to the baseline's: above ×1 means "
-        "more (round trips, sockets, memory) or slower (latency). The raw "
-        "reports are in results.json; `python benchmarks/run.py --report-only "
-        "benchmarks/results.json` writes this page and the chart again.",
-        "",
-        f"Command: `{results['command']}` · {results['date']} · template "
-        f"{results['commit']} · {results['minutes']:.0f} minutes"
-        + (
-            " · **--quick: small numbers, a smoke test only**"
-            if results["quick"]
-            else ""
-        ),
-        "",
-        "## Machine and versions",
-        "",
-        "| | |",
-        "| --- | --- |",
-        f"| CPU | {info['cpu']}, {info['cores']} cores |",
-        f"| memory | {info['memory_gib']} GiB |",
-        f"| system | {info['system']} |",
-        f"| load average (1 min) | {results['load_before']:.2f} before the run |",
-        *(
-            [
-                f"| other work | {results['others_cpu_share']:.0%} of the machine's "
-                "CPU went to processes other than the run's during it |"
-            ]
-            if "others_cpu_share" in results
-            else []
-        ),
-        "| versions | "
-        + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-        + " |",
-        f"| gunicorn | {WORKERS} workers; gthread {THREADS} threads, gevent "
-        f"{WORKER_CONNECTIONS:,} worker_connections (the service: "
-        "`WEB_CONCURRENCY`, `GUNICORN_THREADS`, `GUNICORN_WORKER_CONNECTIONS`); "
-        f"timeout {TIMEOUT} s, keep-alive {KEEPALIVE} s |",
-        f"| nginx | the generated config, `worker_connections` "
-        f"{NGINX_WORKER_CONNECTIONS:,} and `worker_rlimit_nofile` "
-        f"{NGINX_RLIMIT_NOFILE:,} |",
-        "| service | `APP_ENV=production`, SQLite, `broadcast = redis` with a "
-        "redis-server of the run's own, access log and one log line per socket |",
-        "| client | one Python process (scripts/loadtest.py, websockets' asyncio "
-        "client) on the same machine; bearer token on every handshake to the service |",
-        "",
-        "The client, nginx and gunicorn share the same cores, so every figure is "
-        "lower than on separate machines; the CPU column says who was busy. "
-        "A load average above zero before the run means other work shared the "
-        "machine too.",
-        "",
-        "## Targets",
-        "",
-        *targets(results),
-        "",
-    ]
-    for worker_class, section in results["variants"].items():
-        lines += [
-            f"## {worker_class}",
-            "",
-            "### Echo round trips",
-            "",
-            f"Each connection sends 32 bytes and waits for them to come back, again "
-            f"and again, for {results['scale']['echo_seconds']:g} s; "
-            "permessage-deflate off. The three targets take turns, "
-            f"{results['scale'].get('echo_rounds', 1)} rounds; each row is the round "
-            "with the median throughput, the range over the rounds in brackets.",
-            "",
-            *echo_table(section["echo"]),
-            "",
-            "### Sockets held and memory",
-            "",
-            "Sockets opened at up to 1,000 per second, each checked with one echo, "
-            f"held idle for {results['scale']['hold_seconds']:g} s and checked again, "
-            "until the first failure or the number tried; a fresh server each time. "
-            "Memory per socket is the growth of the resident memory of gunicorn "
-            "(master and workers) divided by the sockets held; permessage-deflate "
-            "on is offered the way browsers offer it.",
-            "",
-            *capacity_table(section["capacity"]),
-            "",
-        ]
-    lines += [
-        "## Chat fan-out",
-        "",
-        f"{results['scale']['subscribers']:,} chat subscribers on two workers and "
-        "one sender; each message is timed from the send until it reaches each "
-        f"subscriber, {results['scale']['fanout_messages']} messages. The service "
-        "goes through nginx and its Redis hub (one subscription per worker); the "
-        "baseline is the tutorial app with the obvious Redis version of a chat "
-        "route (one subscription per socket, in baseline_app.py), without nginx. "
-        "Per worker: connections each gunicorn worker held.",
-        "",
-        *fanout_table(results),
-        "",
-        "## Latency against connections",
-        "",
-        f"![echo latency against connection count]({chart_name})",
-        "",
-        "## What limits the numbers",
-        "",
-        *notes(results),
-    ]
-    path.write_text("\n".join(lines).rstrip() + "\n")
-
-
 # --- the command -------------------------------------------------------------
 
 
@@ -938,12 +616,6 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--worker-classes", default=",".join(WORKER_CLASSES), help="gthread,gevent"
     )
-    parser.add_argument(
-        "--report-only",
-        type=Path,
-        metavar="RESULTS_JSON",
-        help="write BENCHMARKS.md and the chart from an earlier results.json",
-    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     return parser.parse_args()
 
@@ -956,12 +628,6 @@ def main() -> int:
         else BENCHMARKS
     )
     output.mkdir(parents=True, exist_ok=True)
-    if arguments.report_only:
-        results = json.loads(arguments.report_only.read_text())
-        write_chart(results, output / "latency.png")
-        write_markdown(results, output / "BENCHMARKS.md", "latency.png")
-        return 0
-
     if not shutil.which("redis-server") or not find_nginx():
         sys.exit(
             "error: redis-server and nginx are needed (Debian: redis-server nginx)"
@@ -978,6 +644,15 @@ def main() -> int:
         "quick": arguments.quick,
         "machine": machine(),
         "scale": scale.__dict__,
+        "servers": {
+            "workers": WORKERS,
+            "threads": THREADS,
+            "worker_connections": WORKER_CONNECTIONS,
+            "timeout": TIMEOUT,
+            "keepalive": KEEPALIVE,
+            "nginx_worker_connections": NGINX_WORKER_CONNECTIONS,
+            "nginx_rlimit_nofile": NGINX_RLIMIT_NOFILE,
+        },
         "load_before": load_average(),
         "variants": {},
     }
@@ -1014,155 +689,8 @@ def main() -> int:
     results["others_cpu_share"] = max(0.0, others / (elapsed * os.cpu_count()))
     results["minutes"] = (time.monotonic() - started) / 60
     (output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    write_chart(results, output / "latency.png")
-    write_markdown(results, output / "BENCHMARKS.md", "latency.png")
-    say(f"wrote {output / 'BENCHMARKS.md'}")
+    say(f"wrote {write_report(results, output)}")
     return 0
-
-
-FAILURE_CAUSES = {
-    "HTTP 503": "the service's capacity guard refused the socket: a worker had no "
-    "room left (its threads or worker_connections, less the reserve kept for "
-    "HTTP), and the busier of the two workers fills first",
-    "timeout (handshake)": "the server took no more handshakes in time: all of "
-    "its threads were busy, and gthread queues what it cannot serve",
-    "EMFILE (handshake)": "the client's open-file limit",
-}
-
-
-def notes(results: dict) -> list[str]:
-    """What the figures say about their own limits, in sentences."""
-    cores = results["machine"]["cores"]
-    lines = []
-    others = results.get("others_cpu_share")
-    if results["load_before"] > 0.5 or (others or 0) > 0.05:
-        during = (
-            f", and other processes used {others:.0%} of its CPU during the run"
-            if others is not None
-            else ""
-        )
-        lines.append(
-            f"- **Other work.** The load average was {results['load_before']:.1f} "
-            f"before the run on {cores} cores{during}: absolute figures are lower "
-            "than on a quiet machine, and ratios taken minutes apart carry that "
-            "noise."
-        )
-    for worker_class, section in results["variants"].items():
-        lines += echo_notes(worker_class, section["echo"], cores)
-        lines += capacity_notes(worker_class, section["capacity"])
-    lines += fanout_notes(results)
-    return lines
-
-
-def echo_notes(worker_class: str, rows: list[dict], cores: int) -> list[str]:
-    counts = sorted({row["connections"] for row in rows})
-    middle = counts[len(counts) // 2] if counts else None
-    at = {row["target"]: row["report"] for row in rows if row["connections"] == middle}
-    if not {"baseline", "nginx"} <= at.keys():
-        return []
-    base, proxied = at["baseline"], at["nginx"]
-
-    def busy(report: dict) -> float:
-        return report["client_cpu_share"] + sum(
-            report[group]["cpu_share"] or 0
-            for group in ("server", "proxy")
-            if group in report
-        )
-
-    direct = at.get("app")
-    text = (
-        f"- **{worker_class}, echo at {middle:,} connections.** The baseline made "
-        f"{number(base['round_trips_per_second'])} round trips/s ({cpu(base)})"
-    )
-    if direct:
-        share = direct["round_trips_per_second"] / base["round_trips_per_second"]
-        text += f"; the service straight from gunicorn ×{share:.2f} ({cpu(direct)})"
-    share = proxied["round_trips_per_second"] / base["round_trips_per_second"]
-    text += (
-        f"; through nginx ×{share:.2f} ({cpu(proxied)}), {busy(proxied):.0%} of "
-        f"the {cores * 100}% the machine has. "
-    )
-    if busy(proxied) >= 0.85 * cores:
-        text += (
-            "The cores were full: nginx and the client take CPU the app would "
-            "otherwise have, so a hop through nginx on the same machine costs "
-            "throughput."
-        )
-    else:
-        text += (
-            "These processes did not fill the cores: each connection waits for its "
-            "echo before "
-            "sending again, so the time of one round trip (one more hop through "
-            "nginx, the service's work per message) sets the pace."
-        )
-    return [text]
-
-
-def capacity_notes(worker_class: str, rows: list[dict]) -> list[str]:
-    lines = []
-    for row in rows:
-        if row["compression"] != "off":
-            continue
-        report = row["report"]
-        reason = first_failure(report)
-        if reason == "none":
-            cause = f"nothing failed up to the {row['tried']:,} tried"
-        else:
-            cause = FAILURE_CAUSES.get(reason, reason)
-        lines.append(
-            f"- **{worker_class}, {LABELS[row['target']]}: "
-            f"{held(report):,} sockets** held with no error. First failure: "
-            f"{reason}; {cause}."
-        )
-    by_key = {(r["target"], r["compression"]): r["report"] for r in rows}
-    off, on = by_key.get(("nginx", "off")), by_key.get(("nginx", "on"))
-    base = by_key.get(("baseline", "off"))
-    if off and base and opening_rate(off) and opening_rate(base):
-        lines.append(
-            f"- **{worker_class}, opening sockets.** The service opened "
-            f"{opening_rate(off):,.0f} a second through nginx, the baseline "
-            f"{opening_rate(base):,.0f} (the client asks for up to 1,000): each "
-            "of the service's handshakes checks the Origin and the bearer "
-            "token, loads the user from the database and logs a line, before "
-            "the upgrade."
-            + (
-                " The baseline's rate is low because its handshakes beyond "
-                "the threads wait in gthread's queue until they time out."
-                if first_failure(base).startswith("timeout")
-                else ""
-            )
-        )
-    if off and on and kilobytes(off) is not None and kilobytes(on) is not None:
-        lines.append(
-            f"- **{worker_class}, memory.** An idle socket costs the service "
-            f"{kilobytes(off):.1f} KB without permessage-deflate and "
-            f"{kilobytes(on):.1f} KB with it: zlib keeps a compressor and a "
-            "decompressor for each socket for as long as it lives. Beyond the "
-            "baseline's, the service keeps for each socket its request's context "
-            "(the loaded user, the session) and a lock and registry entry of its "
-            "own. nginx adds "
-            f"about {number(kilobytes(off, 'proxy'), 1, ' KB')} per socket of "
-            "its own."
-        )
-    return lines
-
-
-def fanout_notes(results: dict) -> list[str]:
-    lines = []
-    for worker_class, section in results["variants"].items():
-        at = {row["target"]: row["report"] for row in section["fanout"]}
-        base, proxied = at.get("baseline", {}), at.get("nginx", {})
-        if base.get("all_ms_median") and proxied.get("all_ms_median"):
-            lines.append(
-                f"- **{worker_class}, fan-out.** One message reached "
-                f"{proxied['reached_min']:,} subscribers in "
-                f"{proxied['all_ms_median']:.0f} ms through nginx (the baseline: "
-                f"{base['all_ms_median']:.0f} ms to {base['reached_min']:,}). The "
-                "service's hub reads each message from Redis once per worker and "
-                "writes it to every socket of that worker, one after another; the "
-                "baseline has Redis write it once per socket."
-            )
-    return lines
 
 
 if __name__ == "__main__":

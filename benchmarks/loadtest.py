@@ -1,0 +1,864 @@
+"""Open many authenticated WebSockets, check each with an echo, hold them, report.
+
+The client benchmarks/run.py measures with, run by each bake's own venv python:
+
+    .venv/bin/python benchmarks/loadtest.py ws://127.0.0.1:8080/ws/echo \\
+        -n 10000 --hold 60 --user you@example.com --server-pid "$(cat gunicorn.pid)"
+
+A generated project ships a short tool for its owner instead
+(scripts/loadtest.py: open, hold, echo once, memory by pid); this one adds what
+the benchmarks report: latency percentiles, echo traffic during the hold,
+permessage-deflate, the memory and CPU of a process tree (gunicorn, nginx), a
+warm-up, the first failure, many source addresses, a JSON report.
+
+It asks /auth/token once for a bearer token (HTTP Basic, `--user`, and the
+password from `--password`, $LOADTEST_PASSWORD or a prompt; or give `--token`),
+then ramps up to N sockets at `--rate` per second, sends each one message and
+waits for it to come back, holds them all for `--hold` seconds (idle, or
+echoing back to back with `--traffic echo`), checks each once more and closes
+them. It reports how many were opened and held, the failures by reason (HTTP
+status, close code, timeout), handshake and echo latency percentiles, and the
+server's memory per socket. The exit status is 1 when any socket failed.
+
+Memory per socket: the resident memory (VmRSS in /proc/PID/status) of the
+server's processes, summed, once before the first socket opens and once at the
+end of the hold while every socket is open, divided by the sockets held. The
+processes are those given by `--server-pid` (the gunicorn master: its workers
+are counted with it), or the one process whose command line contains
+`--server-match`, with its own (a text that more than one separate process
+contains is refused: name the master by its PID); `--proxy-pid` /
+`--proxy-match` report nginx the same way. When the processes change during
+the run (a worker restarted), the figures are not comparable, and the report
+says so instead of giving them.
+The CPU they used during the hold is reported too, as a share of one core,
+with the client's own: a client near 100% means the client, not the server,
+set the pace. Measure a freshly started server (`--warmup 200` first opens
+and closes a few sockets, so that each worker's one-time allocations are not
+counted): memory that closed sockets freed stays with the process for reuse,
+so a second run on the same server grows less. It reads
+/proc, so the server must run on this machine, readable by this user.
+
+Many sockets from one process: the open-file limit is raised to what N needs
+(up to the hard limit; `ulimit -Hn` as root raises that), and past the
+ephemeral port range (/proc/sys/net/ipv4/ip_local_port_range, about 28,000
+ports per source and destination address) the sockets leave from several
+loopback addresses (127.0.0.1, 127.0.0.2, ...), which only works against a
+server on loopback. Standard library and `websockets` (a bake's dev extra) only.
+"""
+
+import argparse
+import asyncio
+import base64
+import errno
+import getpass
+import ipaddress
+import json
+import math
+import os
+import resource
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+# Descriptors the process needs besides one per socket (stdio, the event loop).
+SPARE_FILE_DESCRIPTORS = 256
+# Share of the ephemeral port range used per source address, leaving room for
+# every other connection this machine makes meanwhile.
+PORT_RANGE_SHARE = 0.9
+# How often the progress bar redraws, on a terminal and in a log.
+REDRAW_SECONDS = {True: 0.2, False: 5.0}
+
+
+@dataclass
+class Plan:
+    url: str
+    connections: int
+    rate: float
+    concurrency: int
+    hold: float
+    traffic: str
+    compression: bool
+    message_size: int
+    timeout: float
+    token: str | None
+    source_addresses: list[str]
+    stop_on_failure: bool
+    warmup: int
+    # Process groups whose memory and CPU are reported: "server", "proxy".
+    watched: dict[str, "Watched"]
+
+
+@dataclass
+class Results:
+    asked: int = 0
+    opened: int = 0
+    held: int = 0
+    failures: Counter = field(default_factory=Counter)
+    # Sockets open when the first failure happened (None: nothing failed).
+    open_at_first_failure: int | None = None
+    handshake_ms: list[float] = field(default_factory=list)
+    echo_ms: list[float] = field(default_factory=list)
+    traffic_ms: list[float] = field(default_factory=list)
+    ramp_seconds: float = 0.0
+    hold_seconds: float = 0.0
+    # Per watched group: a Sample before the ramp, at the start and the end
+    # of the hold.
+    before: dict[str, "Sample"] = field(default_factory=dict)
+    hold_start: dict[str, "Sample"] = field(default_factory=dict)
+    hold_end: dict[str, "Sample"] = field(default_factory=dict)
+    client_cpu_seconds: float = 0.0
+    open_now: int = 0
+
+    def fail(self, reason: str) -> None:
+        if self.open_at_first_failure is None:
+            self.open_at_first_failure = self.open_now
+        self.failures[reason] += 1
+
+
+# --- the server's memory and CPU, from /proc ------------------------------------
+
+
+@dataclass
+class Watched:
+    """Processes given by PID, their descendants with them."""
+
+    pids: list[int]
+
+
+@dataclass
+class Sample:
+    pids: tuple[int, ...]
+    resident_bytes: int
+    cpu_seconds: float
+
+    @property
+    def processes(self) -> int:
+        return len(self.pids)
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:  # the process ended while we looked
+            continue
+        # The command name in parentheses may hold spaces: split after it.
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        table[int(entry.name)] = (parent, raw.replace(b"\0", b" ").decode())
+    return table
+
+
+def watched_processes(watched: Watched) -> list[int]:
+    table = process_table()
+    given = {pid for pid in watched.pids if pid in table}
+    return sorted(with_descendants(given, table))
+
+
+def with_descendants(pids: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
+    chosen = set(pids)
+    # A few passes cover gunicorn's master -> workers.
+    for _ in range(8):
+        children = {pid for pid, (parent, _) in table.items() if parent in chosen}
+        if children <= chosen:
+            break
+        chosen |= children
+    return chosen
+
+
+def ancestors(pid: int, table: dict[int, tuple[int, str]]) -> set[int]:
+    found = set()
+    while pid in table and pid not in found:
+        found.add(pid)
+        pid = table[pid][0]
+    return found
+
+
+def matching_process(name: str, text: str) -> int:
+    """The one process tree whose command lines contain `text`: its top
+    process. Exits with one line when there is none or more than one."""
+    table = process_table()
+    # This tool's own command line, and the shell's that started it, hold the
+    # text too.
+    ours = ancestors(os.getpid(), table)
+    matched = {pid for pid, (_, command) in table.items() if text in command} - ours
+    # A gunicorn worker has its master's command line: count the master only.
+    tops = sorted(
+        pid for pid in matched if not (ancestors(pid, table) - {pid}) & matched
+    )
+    if not tops:
+        sys.exit(f"error: --{name}-match {text!r} matches no running process")
+    if len(tops) > 1:
+        listed = ", ".join(map(str, tops))
+        sys.exit(
+            f"error: --{name}-match {text!r} matches {len(tops)} separate "
+            f"processes (pids {listed}); give the one to measure with --{name}-pid"
+        )
+    return tops[0]
+
+
+def sample(watched: Watched) -> Sample:
+    """Resident memory (VmRSS) and CPU time (user + system) summed over the
+    processes; one that is gone counts 0."""
+    pids = watched_processes(watched)
+    resident, ticks = 0, 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                resident += int(line.split()[1]) * 1024
+        fields = stat.rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return Sample(tuple(pids), resident, ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def sample_all(plan: Plan) -> dict[str, Sample]:
+    return {name: sample(watched) for name, watched in plan.watched.items()}
+
+
+# --- the limits of one client process ----------------------------------------
+
+
+def raise_open_file_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:  # only root may raise the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return
+        except (ValueError, OSError):
+            sys.exit(
+                f"error: {needed} open files are needed and the limit is {hard}; "
+                f"raise it first (as root: ulimit -Hn {needed}; ulimit -n {needed})"
+            )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def ephemeral_port_count() -> int:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(high) - int(low) + 1
+    except (OSError, ValueError):
+        return 28232  # Linux's default range, 32768-60999
+
+
+def source_addresses(url: str, connections: int, wanted: int | None) -> list[str]:
+    """The loopback addresses the sockets leave from; [] lets the kernel choose."""
+    needed = math.ceil(connections / (ephemeral_port_count() * PORT_RANGE_SHARE))
+    count = wanted or needed
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        loopback = False
+    if count <= 1 and not wanted:
+        return []
+    if not loopback:
+        if wanted:
+            sys.exit("error: --source-addresses needs a server on 127.0.0.0/8")
+        print(
+            f"warning: {connections} sockets may exhaust the ephemeral ports of "
+            "one address; run several clients",
+            file=sys.stderr,
+        )
+        return []
+    if count > 254:
+        sys.exit("error: more than 254 source addresses; lower -n")
+    return [f"127.0.0.{number}" for number in range(1, count + 1)]
+
+
+# --- authentication ------------------------------------------------------------
+
+
+def token_url_for(ws_url: str) -> str:
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}[parts.scheme]
+    return urlunsplit((scheme, parts.netloc, "/auth/token", "", ""))
+
+
+def fetch_token(token_url: str, user: str, password: str, timeout: float) -> str:
+    """One bearer token from POST /auth/token with HTTP Basic."""
+    credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+    # token_url_for made the URL http or https, never file: or another scheme.
+    request = urllib.request.Request(  # noqa: S310
+        token_url, method="POST", headers={"Authorization": f"Basic {credentials}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return json.load(response)["token"]
+    except urllib.error.HTTPError as error:
+        sys.exit(f"error: {token_url} answered {error.code}; check --user and password")
+    except (urllib.error.URLError, OSError) as error:
+        sys.exit(f"error: cannot reach {token_url}: {error}")
+
+
+# --- progress ------------------------------------------------------------------
+
+
+class Progress:
+    """One line on stderr: a bar on a terminal, a log line now and then elsewhere."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.terminal = sys.stderr.isatty()
+        self._drawn = 0.0
+
+    def show(
+        self, label: str, done: int, total: int, detail: str = "", force=False
+    ) -> None:
+        now = time.monotonic()
+        if not self.enabled:
+            return
+        if not force and now - self._drawn < REDRAW_SECONDS[self.terminal]:
+            return
+        self._drawn = now
+        width = 30
+        filled = width * done // max(total, 1)
+        bar = "#" * filled + "." * (width - filled)
+        line = f"{label:<6} [{bar}] {done}/{total} {detail}"
+        if self.terminal:
+            print(f"\r{line:<100}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.enabled and self.terminal:
+            print(file=sys.stderr, flush=True)
+        self._drawn = 0.0
+
+
+# --- the sockets ---------------------------------------------------------------
+
+
+class ConnectionClosedBy(Exception):
+    """The server closed an idle socket with this code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def failure_reason(error: BaseException, step: str) -> str:
+    """A short, countable name for what went wrong."""
+    if isinstance(error, ConnectionClosedBy):
+        return f"closed {error.code} ({step})"
+    if isinstance(error, InvalidStatus):
+        return f"HTTP {error.response.status_code}"
+    if isinstance(error, ConnectionClosed):
+        code = error.rcvd.code if error.rcvd else 1006
+        return f"closed {code} ({step})"
+    if isinstance(error, TimeoutError):
+        return f"timeout ({step})"
+    if isinstance(error, OSError) and error.errno:
+        return f"{errno.errorcode.get(error.errno, error.errno)} ({step})"
+    return f"{type(error).__name__} ({step})"
+
+
+async def open_socket(plan: Plan, index: int) -> ClientConnection:
+    """TCP (from the next source address, when there are several), then the
+    WebSocket handshake."""
+    parts = urlsplit(plan.url)
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    loop = asyncio.get_running_loop()
+    family, kind, protocol, _, address = (
+        await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    )[0]
+    sock = socket.socket(family, kind, protocol)
+    try:
+        if plan.source_addresses:
+            # Pick the port at connect(), per destination, not at bind().
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((plan.source_addresses[index % len(plan.source_addresses)], 0))
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    headers = {"Authorization": f"Bearer {plan.token}"} if plan.token else {}
+    return await connect(
+        plan.url,
+        sock=sock,
+        additional_headers=headers,
+        compression="deflate" if plan.compression else None,
+        open_timeout=plan.timeout,
+        close_timeout=plan.timeout,
+        # The server pings; the client only answers.
+        ping_interval=None,
+        max_size=None,
+    )
+
+
+async def echo_once(ws: ClientConnection, message: str, timeout: float) -> float:
+    """Send `message`, wait for it to come back; the round trip in ms."""
+    started = time.perf_counter()
+    await ws.send(message)
+    reply = await asyncio.wait_for(ws.recv(), timeout)
+    if reply != message:
+        raise ValueError("echo mismatch")
+    return (time.perf_counter() - started) * 1000
+
+
+async def open_and_check(
+    plan: Plan, index: int, results: Results
+) -> ClientConnection | None:
+    step = "handshake"
+    ws = None
+    try:
+        started = time.perf_counter()
+        ws = await asyncio.wait_for(open_socket(plan, index), plan.timeout)
+        results.handshake_ms.append((time.perf_counter() - started) * 1000)
+        step = "echo"
+        results.echo_ms.append(await echo_once(ws, f"hello {index}", plan.timeout))
+    except Exception as error:
+        results.fail(failure_reason(error, step))
+        if ws is not None:
+            await close_quietly(ws)
+        return None
+    results.opened += 1
+    results.open_now += 1
+    return ws
+
+
+async def hold_socket(
+    plan: Plan, ws: ClientConnection, until: float, results: Results
+) -> bool:
+    """Keep the socket until `until` (echoing, with --traffic echo); False
+    when it closed or failed on the way."""
+    try:
+        if plan.traffic == "idle":
+            remaining = until - time.monotonic()
+            if remaining > 0:
+                try:
+                    await asyncio.wait_for(ws.wait_closed(), remaining)
+                except TimeoutError:
+                    return True  # still open at the end of the hold: held
+                code = ws.close_rcvd.code if ws.close_rcvd else 1006
+                raise ConnectionClosedBy(code)
+            return True
+        message = "x" * plan.message_size
+        while time.monotonic() < until:
+            results.traffic_ms.append(await echo_once(ws, message, plan.timeout))
+        return True
+    except Exception as error:
+        results.open_now -= 1
+        results.fail(failure_reason(error, "hold"))
+        return False
+
+
+async def close_quietly(ws: ClientConnection) -> None:
+    # A socket that is already gone has nothing left to close.
+    with suppress(Exception):
+        await ws.close()
+
+
+async def gather_limited(coroutines, limit: int) -> list:
+    """Run the coroutines with at most `limit` at once; results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def run(coroutine):
+        async with gate:
+            return await coroutine
+
+    return await asyncio.gather(*(run(coroutine) for coroutine in coroutines))
+
+
+async def warm_up(plan: Plan) -> None:
+    """Open, check and close a few sockets, so that what a worker allocates
+    once (imports, pools, the first request) is not counted per socket."""
+    scratch = Results()
+
+    async def once(index: int) -> None:
+        ws = await open_and_check(plan, index, scratch)
+        if ws is not None:
+            await close_quietly(ws)
+
+    await gather_limited((once(i) for i in range(plan.warmup)), plan.concurrency)
+    await asyncio.sleep(1)
+
+
+async def run(plan: Plan, progress: Progress) -> Results:
+    results = Results(asked=plan.connections)
+    if plan.warmup:
+        await warm_up(plan)
+    results.before = sample_all(plan)
+
+    # Ramp: start one socket every 1/rate s, at most `concurrency` in flight,
+    # each bounded by `timeout`; stop early on a failure when asked to.
+    gate = asyncio.Semaphore(plan.concurrency)
+    tasks = []
+    ramp_started = time.monotonic()
+
+    async def start(index: int) -> ClientConnection | None:
+        try:
+            return await open_and_check(plan, index, results)
+        finally:
+            gate.release()
+
+    for index in range(plan.connections):
+        if plan.stop_on_failure and results.failures:
+            break
+        delay = ramp_started + index / plan.rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await gate.acquire()
+        tasks.append(asyncio.create_task(start(index)))
+        progress.show(
+            "ramp",
+            results.opened,
+            plan.connections,
+            f"failed {sum(results.failures.values())}",
+        )
+    sockets = [ws for ws in await asyncio.gather(*tasks) if ws is not None]
+    results.ramp_seconds = time.monotonic() - ramp_started
+    progress.show(
+        "ramp",
+        results.opened,
+        plan.connections,
+        f"failed {sum(results.failures.values())}",
+        force=True,
+    )
+    progress.done()
+
+    # Hold them all, then measure while every one is still open.
+    results.hold_start = sample_all(plan)
+    client_cpu = time.process_time()
+    hold_started = time.monotonic()
+    until = hold_started + plan.hold
+    holders = [
+        asyncio.create_task(hold_socket(plan, ws, until, results)) for ws in sockets
+    ]
+    while not all(task.done() for task in holders):
+        left = max(0.0, until - time.monotonic())
+        progress.show(
+            "hold",
+            round(plan.hold - left),
+            round(plan.hold),
+            f"s, {results.open_now} open",
+        )
+        await asyncio.wait(holders, timeout=min(1.0, left + plan.timeout))
+        if time.monotonic() > until + 2 * plan.timeout:
+            break  # every step is bounded by timeout; this one did not finish
+    results.hold_seconds = time.monotonic() - hold_started
+    progress.show(
+        "hold",
+        round(plan.hold),
+        round(plan.hold),
+        f"s, {results.open_now} open",
+        force=True,
+    )
+    progress.done()
+    still_open = [
+        ws
+        for ws, task in zip(sockets, holders, strict=True)
+        if task.done() and task.result()
+    ]
+    results.hold_end = sample_all(plan)
+    results.client_cpu_seconds = time.process_time() - client_cpu
+
+    # One more echo each: a socket counts as held only if it still answers.
+    async def check(index: int, ws: ClientConnection) -> bool:
+        try:
+            await echo_once(ws, f"still here {index}", plan.timeout)
+            return True
+        except Exception as error:
+            results.fail(failure_reason(error, "echo after hold"))
+            return False
+
+    checks = await gather_limited(
+        (check(i, ws) for i, ws in enumerate(still_open)), plan.concurrency
+    )
+    results.held = sum(checks)
+    await gather_limited((close_quietly(ws) for ws in sockets), plan.concurrency)
+    for task in holders:
+        task.cancel()
+    return results
+
+
+# --- the report ----------------------------------------------------------------
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank percentile, `share` in 0..1; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def latency_summary(values: list[float]) -> dict:
+    return {
+        "count": len(values),
+        "p50": percentile(values, 0.50),
+        "p95": percentile(values, 0.95),
+        "p99": percentile(values, 0.99),
+        "max": max(values) if values else None,
+    }
+
+
+def summary(plan: Plan, results: Results) -> dict:
+    report = {
+        "url": plan.url,
+        "compression": plan.compression,
+        "traffic": plan.traffic,
+        "source_addresses": len(plan.source_addresses) or 1,
+        "asked": results.asked,
+        "opened": results.opened,
+        "held": results.held,
+        "hold_seconds": round(results.hold_seconds, 3),
+        "failed": sum(results.failures.values()),
+        "failures": dict(results.failures.most_common()),
+        "open_at_first_failure": results.open_at_first_failure,
+        "ramp_seconds": round(results.ramp_seconds, 3),
+        "handshake_ms": latency_summary(results.handshake_ms),
+        "echo_ms": latency_summary(results.echo_ms),
+    }
+    if plan.traffic == "echo":
+        report["traffic_ms"] = latency_summary(results.traffic_ms)
+        report["round_trips_per_second"] = round(
+            len(results.traffic_ms) / max(plan.hold, 1e-9), 1
+        )
+    held = results.held or results.opened
+    hold = max(results.hold_seconds, 1e-9)
+    report["client_cpu_share"] = round(results.client_cpu_seconds / hold, 3)
+    for name, before in results.before.items():
+        start, end = results.hold_start[name], results.hold_end[name]
+        grown = end.resident_bytes - before.resident_bytes
+        # Memory and CPU time of different processes cannot be subtracted.
+        same = before.pids == start.pids == end.pids
+        report[name] = {
+            "processes": end.processes,
+            "same_processes": same,
+            "before_bytes": before.resident_bytes,
+            "held_bytes": end.resident_bytes,
+            "per_socket_bytes": round(grown / held) if held and same else None,
+            # CPU time during the hold, as a share of one core.
+            "cpu_share": (
+                round((end.cpu_seconds - start.cpu_seconds) / hold, 3) if same else None
+            ),
+        }
+    return report
+
+
+def milliseconds(figures: dict) -> str:
+    if not figures["count"]:
+        return "none"
+    return "  ".join(
+        f"{name} {figures[name]:.1f}" for name in ("p50", "p95", "p99", "max")
+    )
+
+
+def print_report(report: dict) -> None:
+    extension = "on" if report["compression"] else "off"
+    lines = [
+        f"target      {report['url']} (permessage-deflate {extension}, "
+        f"{report['source_addresses']} source address(es))",
+        f"sockets     {report['asked']} asked, {report['opened']} opened, "
+        f"{report['held']} held {report['hold_seconds']:.0f} s and still "
+        f"answering, {report['failed']} failed",
+    ]
+    if report["failures"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in report["failures"].items())
+        lines.append(f"failures    {reasons}")
+        lines.append(
+            f"            {report['open_at_first_failure']} open at the first failure"
+        )
+    rate = report["opened"] / report["ramp_seconds"] if report["ramp_seconds"] else 0
+    lines += [
+        f"ramp        {report['ramp_seconds']:.1f} s ({rate:.0f} sockets/s)",
+        f"handshake   ms: {milliseconds(report['handshake_ms'])}",
+        f"echo        ms: {milliseconds(report['echo_ms'])}",
+    ]
+    if "traffic_ms" in report:
+        lines.append(
+            f"traffic     {report['round_trips_per_second']:.0f} round trips/s, "
+            f"ms: {milliseconds(report['traffic_ms'])}"
+        )
+    for name in ("server", "proxy"):
+        if name not in report:
+            continue
+        group = report[name]
+        if not group["same_processes"]:
+            lines.append(
+                f"{name:<11} not measured: its processes changed during the run "
+                "(a worker restarted or exited)"
+            )
+            continue
+        per_socket = group["per_socket_bytes"]
+        each = "" if per_socket is None else f" ({per_socket / 1024:.1f} KB per socket)"
+        lines.append(
+            f"{name:<11} {group['processes']} processes: "
+            f"{group['before_bytes'] / 2**20:.1f} MB before, "
+            f"{group['held_bytes'] / 2**20:.1f} MB holding the sockets{each}, "
+            f"{group['cpu_share']:.0%} of a core during the hold"
+        )
+    if "server" not in report:
+        lines.append("server      not measured (--server-pid or --server-match)")
+    lines.append(
+        f"client      {report['client_cpu_share']:.0%} of a core during the hold"
+    )
+    print("\n".join(lines))
+
+
+# --- the command line ----------------------------------------------------------
+
+
+def positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Run it against your own servers only.",
+    )
+    parser.add_argument("url", help="ws:// or wss:// URL of an echo route")
+    parser.add_argument("-n", "--connections", type=positive(int), default=100)
+    parser.add_argument(
+        "--rate", type=positive(float), default=500, help="new sockets per second"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive(int),
+        default=200,
+        help="handshakes in flight at once",
+    )
+    parser.add_argument(
+        "--hold", type=float, default=10, help="seconds to hold the sockets"
+    )
+    parser.add_argument(
+        "--traffic",
+        choices=("idle", "echo"),
+        default="idle",
+        help="idle sockets, or each echoing back to back during the hold",
+    )
+    parser.add_argument("--message-size", type=positive(int), default=32)
+    parser.add_argument(
+        "--compression",
+        choices=("on", "off"),
+        default="off",
+        help="offer permessage-deflate as browsers do (on), or not (off)",
+    )
+    parser.add_argument(
+        "--timeout", type=positive(float), default=10, help="seconds per step"
+    )
+    parser.add_argument("--token", default=os.environ.get("LOADTEST_TOKEN"))
+    parser.add_argument("--user", help="email to get a token from /auth/token")
+    parser.add_argument(
+        "--password", help="the user's password (default: $LOADTEST_PASSWORD)"
+    )
+    parser.add_argument("--token-url", help="default: /auth/token on the URL's host")
+    parser.add_argument(
+        "--source-addresses",
+        type=positive(int),
+        help="loopback addresses to connect from (default: as many as N needs)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="open and close this many sockets before the first measurement",
+    )
+    parser.add_argument(
+        "--stop-on-failure",
+        action="store_true",
+        help="open no more sockets after the first failure",
+    )
+    for name, example in (("server", "the gunicorn master"), ("proxy", "nginx")):
+        parser.add_argument(
+            f"--{name}-pid",
+            type=int,
+            action="append",
+            default=[],
+            help=f"PID of {example}: its memory and CPU (children's included)",
+        )
+        parser.add_argument(
+            f"--{name}-match",
+            help="or the one process whose command line contains this text",
+        )
+    parser.add_argument("--json", help="also write the report as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    arguments = parser.parse_args(argv)
+    if urlsplit(arguments.url).scheme not in ("ws", "wss"):
+        parser.error("the URL must start with ws:// or wss://")
+    return arguments
+
+
+def watched_groups(arguments: argparse.Namespace) -> dict[str, Watched]:
+    groups = {}
+    for name in ("server", "proxy"):
+        pids, match = (
+            getattr(arguments, f"{name}_pid"),
+            getattr(arguments, f"{name}_match"),
+        )
+        if match:
+            pids = [*pids, matching_process(name, match)]
+        if pids:
+            groups[name] = Watched(pids)
+    return groups
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    # Before anything else: a wrong --server-match should cost no socket.
+    watched = watched_groups(arguments)
+    token = arguments.token
+    if not token and arguments.user:
+        password = arguments.password or os.environ.get("LOADTEST_PASSWORD")
+        if password is None:
+            password = getpass.getpass(f"password for {arguments.user}: ")
+        token_url = arguments.token_url or token_url_for(arguments.url)
+        token = fetch_token(token_url, arguments.user, password, arguments.timeout)
+    raise_open_file_limit(arguments.connections + SPARE_FILE_DESCRIPTORS)
+    plan = Plan(
+        url=arguments.url,
+        connections=arguments.connections,
+        rate=arguments.rate,
+        concurrency=arguments.concurrency,
+        hold=max(0.0, arguments.hold),
+        traffic=arguments.traffic,
+        compression=arguments.compression == "on",
+        message_size=arguments.message_size,
+        timeout=arguments.timeout,
+        token=token,
+        source_addresses=source_addresses(
+            arguments.url, arguments.connections, arguments.source_addresses
+        ),
+        stop_on_failure=arguments.stop_on_failure,
+        warmup=arguments.warmup,
+        watched=watched,
+    )
+    results = asyncio.run(run(plan, Progress(enabled=not arguments.quiet)))
+    report = summary(plan, results)
+    print_report(report)
+    if arguments.json:
+        Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if report["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

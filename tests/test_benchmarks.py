@@ -1,0 +1,247 @@
+"""benchmarks/loadtest.py, the client benchmarks/run.py measures with, run
+small against a bake's real gunicorn, with the bake's python as run.py does.
+
+A generated project has a short tool of its own (scripts/loadtest.py), which
+its own suite tests; this is the template's fuller one.
+"""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import TEMPLATE_DIR, require, run
+from test_generated_suite import locked_venv, run_step
+
+LOADTEST = TEMPLATE_DIR / "benchmarks" / "loadtest.py"
+PASSWORD = "benchmark password"  # noqa: S105 (a throwaway account's)
+SETTINGS = {
+    "APP_ENV": "testing",
+    "SECRET_KEY": secrets.token_urlsafe(48),
+    # Every socket of a run is one user's, and each run asks for a token.
+    "WS_MAX_SOCKETS_PER_USER": "1000",
+    "AUTH_LIMIT_PER_ADDRESS": "100000/minute",
+    "AUTH_LIMIT_PER_ACCOUNT": "100000/minute",
+}
+# One worker of 4 threads keeps 2 for HTTP: 2 sockets fit.
+SMALL_WORKER = {"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4"}
+
+
+@dataclass
+class Bake:
+    path: Path
+    package: str
+    database_url: str
+
+    def bin(self, name: str) -> str:
+        return str(self.path / ".venv" / "bin" / name)
+
+    def environ(self, **settings: str) -> dict:
+        """This environment without the app's settings, plus the test's."""
+        example = (self.path / ".env.example").read_text()
+        names = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", example, re.M))
+        environ = {k: v for k, v in os.environ.items() if k not in names}
+        return {**environ, **SETTINGS, "DATABASE_URL": self.database_url, **settings}
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(child) for child in children.split()]
+
+
+@pytest.fixture(scope="module")
+def bench_bake(cookies_session, tmp_path_factory):
+    """The default bake with its locked venv, migrated, with one user."""
+    uv = shutil.which("uv")
+    require(uv is not None, "uv is not installed")
+    result = cookies_session.bake(extra_context={}, template=str(TEMPLATE_DIR))
+    assert result.exception is None, f"bake failed: {result.exception!r}"
+    project = result.project_path
+    locked_venv(uv, project)
+    database = tmp_path_factory.mktemp("benchmark-db") / "test.db"
+    bake = Bake(project, result.context["package_name"], f"sqlite:///{database}")
+    flask = [bake.bin("flask"), "--app", bake.package]
+    for command in (["db", "upgrade"], ["users", "create", "bench@example.com"]):
+        if command[0] == "users":
+            command += ["--password", PASSWORD]
+        run_step([*flask, *command], cwd=project, timeout=120, env=bake.environ())
+    return bake
+
+
+@pytest.fixture
+def start_server(bench_bake, tmp_path):
+    """start_server(**settings): the bake's gunicorn on a free port."""
+    started = []
+
+    def start(**settings: str) -> Server:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        log = (tmp_path / f"gunicorn-{port}.log").open("w")
+        process = subprocess.Popen(
+            [bench_bake.bin("gunicorn"), "-c", "gunicorn.conf.py"]
+            + ["--bind", f"127.0.0.1:{port}"],
+            cwd=bench_bake.path,
+            env=bench_bake.environ(**settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / log.name).read_text()
+            try:
+                url = f"http://127.0.0.1:{port}/healthz"
+                if requests.get(url, timeout=2).status_code == 200:
+                    return Server(process, port)
+            except requests.RequestException:  # still booting
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not answer in 60 s"
+            time.sleep(0.1)
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in started:
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_loadtest(bake, server, *options: str, tmp_path) -> tuple[int, dict]:
+    """Run the client as run.py does; its exit status and JSON report."""
+    report_path = tmp_path / f"report-{secrets.token_hex(4)}.json"
+    result = run(
+        [bake.bin("python"), str(LOADTEST), f"{server.ws_url}/ws/echo", "--quiet"]
+        + ["--user", "bench@example.com", "--timeout", "5"]
+        + ["--server-pid", str(server.process.pid), "--json", str(report_path)]
+        + list(options),
+        cwd=tmp_path,
+        env={**os.environ, "LOADTEST_PASSWORD": PASSWORD},
+        timeout=120,
+    )
+    assert report_path.exists(), result.stdout
+    return result.returncode, json.loads(report_path.read_text())
+
+
+def refusal(bake, server, *options: str) -> subprocess.CompletedProcess:
+    """The client's one line when it refuses `options`; it opens no socket."""
+    return subprocess.run(
+        [bake.bin("python"), str(LOADTEST), f"{server.ws_url}/ws/echo", "--quiet"]
+        + ["--token", "not-needed", *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.slow
+def test_loadtest_opens_checks_and_holds_every_socket(
+    bench_bake, start_server, tmp_path
+):
+    server = start_server()
+    status, report = run_loadtest(
+        bench_bake, server, "-n", "10", "--hold", "1", tmp_path=tmp_path
+    )
+    assert status == 0, report
+    assert (report["opened"], report["held"], report["failed"]) == (10, 10, 0)
+    assert report["handshake_ms"]["count"] == 10
+    assert report["echo_ms"]["p50"] <= report["echo_ms"]["p99"]
+    assert report["server"]["processes"] == 1 + len(server.worker_pids())
+    assert report["server"]["held_bytes"] > 0
+    assert report["server"]["per_socket_bytes"] is not None
+
+
+@pytest.mark.slow
+def test_loadtest_echo_traffic_counts_round_trips(bench_bake, start_server, tmp_path):
+    status, report = run_loadtest(
+        bench_bake,
+        start_server(),
+        *("-n", "3", "--hold", "1", "--traffic", "echo", "--compression", "on"),
+        tmp_path=tmp_path,
+    )
+    assert status == 0, report
+    assert report["compression"] is True
+    assert report["round_trips_per_second"] > 0
+    assert report["traffic_ms"]["count"] > 3
+
+
+@pytest.mark.slow
+def test_loadtest_counts_refusals_by_http_status(bench_bake, start_server, tmp_path):
+    small = start_server(**SMALL_WORKER)
+    status, report = run_loadtest(
+        bench_bake,
+        small,
+        *("-n", "5", "--hold", "0", "--concurrency", "1"),
+        tmp_path=tmp_path,
+    )
+    assert status == 1
+    assert report["held"] == 2
+    assert report["failures"] == {"HTTP 503": 3}
+    assert report["open_at_first_failure"] == 2
+
+
+@pytest.mark.slow
+def test_a_server_match_that_fits_two_servers_is_refused(bench_bake, start_server):
+    server, other = start_server(), start_server()
+    text = "gunicorn -c gunicorn.conf.py"
+    result = refusal(bench_bake, server, "--server-match", text)
+    assert (result.returncode, result.stdout) == (1, "")
+    found = re.fullmatch(
+        r"error: --server-match 'gunicorn -c gunicorn\.conf\.py' matches (\d+) "
+        r"separate processes \(pids ([\d, ]+)\); give the one to measure with "
+        r"--server-pid\n",
+        result.stderr,
+    )
+    assert found, result.stderr
+    listed = [int(pid) for pid in found.group(2).split(", ")]
+    assert int(found.group(1)) == len(listed)
+    # The masters, not their workers, nor the client's own command line.
+    assert {server.process.pid, other.process.pid} <= set(listed)
+    assert not set(server.worker_pids() + other.worker_pids()) & set(listed)
+
+
+@pytest.mark.slow
+def test_a_server_match_that_fits_nothing_is_refused(bench_bake, start_server):
+    result = refusal(bench_bake, start_server(), "--server-match", "no-such-7f3a")
+    assert (result.returncode, result.stdout) == (1, "")
+    expected = "error: --server-match 'no-such-7f3a' matches no running process\n"
+    assert result.stderr == expected
+
+
+@pytest.mark.slow
+def test_a_server_match_that_fits_one_master_measures_it_and_its_workers(
+    bench_bake, start_server, tmp_path
+):
+    server = start_server()
+    status, report = run_loadtest(
+        bench_bake,
+        server,
+        *("-n", "2", "--hold", "0", "--server-match", f"127.0.0.1:{server.port}"),
+        tmp_path=tmp_path,
+    )
+    assert status == 0, report
+    assert report["server"]["processes"] == 1 + len(server.worker_pids())
+    assert report["server"]["same_processes"] is True
