@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from .conftest import PASSWORD, PROJECT_ROOT
+from .conftest import PASSWORD, PROJECT_ROOT, SMALL_WORKER
 
 LOADTEST = PROJECT_ROOT / "scripts" / "loadtest.py"
 
@@ -55,9 +55,7 @@ def test_loadtest_echo_traffic_counts_round_trips(server, alice, tmp_path):
 
 def test_loadtest_counts_refusals_by_http_status(start_server, alice, tmp_path):
     # One worker of 4 (threads or connections) keeps 2 for HTTP: 2 sockets fit.
-    small = start_server(
-        WEB_CONCURRENCY="1", GUNICORN_THREADS="4", GUNICORN_WORKER_CONNECTIONS="4"
-    )
+    small = start_server(**SMALL_WORKER)
     status, report = run_loadtest(
         small, alice, "-n", "5", "--hold", "0", "--concurrency", "1", tmp_path=tmp_path
     )
