@@ -278,11 +278,8 @@ class Settings(BaseSettings):
 MUST_BE = {
     "int_parsing": "a whole number",
     "int_from_float": "a whole number",
-    "int_type": "a whole number",
     "float_parsing": "a number",
-    "float_type": "a number",
     "bool_parsing": "on or off",
-    "bool_type": "on or off",
 }
 
 
