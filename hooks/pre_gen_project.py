@@ -24,6 +24,7 @@ ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 DEPENDENCY_NAMES = frozenset(
     {
         "alembic",
+        "annotated_types",
         "async_timeout",
         "blinker",
         "certifi",
@@ -63,6 +64,9 @@ DEPENDENCY_NAMES = frozenset(
         "psycopg2",
         "psycopg_binary",
         "pycparser",
+        "pydantic",
+        "pydantic_core",
+        "pydantic_settings",
         "pygments",
         "pytest",
         "redis",
@@ -73,6 +77,7 @@ DEPENDENCY_NAMES = frozenset(
         "sqlalchemy",
         "trustme",
         "typing_extensions",
+        "typing_inspection",
         "tzdata",
         "urllib3",
         "websockets",

@@ -467,11 +467,12 @@ def test_the_image_health_check_follows_port(baked):
 
 def test_the_app_port_defaults_to_config_py_wherever_it_is_needed(baked):
     """PORT's default is config.py's; what must know the port before the app
-    runs (the image's health check, nginx's upstream) falls back to the same."""
-    result = baked()
-    project, package = result.project_path, result.context["package_name"]
-    config = (project / "src" / package / "config.py").read_text()
-    default = re.search(r'env\.integer\("PORT", (\d+),', config).group(1)
+    runs (the image's health check, nginx's upstream) falls back to the same.
+    The README's settings table states it, and the generated suite checks the
+    table against the settings (tests/test_config.py)."""
+    project = baked().project_path
+    readme = (project / "README.md").read_text()
+    default = re.search(r"^\| `PORT` \| `(\d+)` \|", readme, re.M).group(1)
     assert default == "8000"
     _, command = dockerfile_healthcheck(project)
     assert f"os.environ.get('PORT', '{default}')" in command[2]

@@ -21,7 +21,7 @@ from {{ cookiecutter.package_name }}.config import Settings
 settings = Settings.from_env()
 # Without SECRET_KEY (outside production) the settings hold a random key: hand
 # it to the workers, or each would sign cookies and tokens with its own.
-os.environ.setdefault("SECRET_KEY", settings.secret_key)
+os.environ.setdefault("SECRET_KEY", settings.SECRET_KEY)
 
 # https://docs.gunicorn.org/en/stable/settings.html#wsgi-app
 wsgi_app = "{{ cookiecutter.package_name }}:create_app()"
@@ -30,11 +30,11 @@ wsgi_app = "{{ cookiecutter.package_name }}:create_app()"
 # internet (slow clients hold its workers), so nginx stands in front and only
 # a container, where nginx reaches the app over its own network, sets
 # HOST=0.0.0.0. https://docs.gunicorn.org/en/stable/settings.html#bind
-host = f"[{settings.host}]" if ":" in settings.host else settings.host
-bind = [f"{host}:{settings.port}"]
+host = f"[{settings.HOST}]" if ":" in settings.HOST else settings.HOST
+bind = [f"{host}:{settings.PORT}"]
 
 # https://docs.gunicorn.org/en/stable/settings.html#workers
-workers = settings.web_concurrency
+workers = settings.WEB_CONCURRENCY
 {%- if cookiecutter.worker_class == "gthread" %}
 
 # Threads, because an open WebSocket keeps its request running for as long as
@@ -42,7 +42,7 @@ workers = settings.web_concurrency
 # own), so a worker holds at most `threads` sockets and HTTP requests together.
 # https://docs.gunicorn.org/en/stable/settings.html#threads
 worker_class = "gthread"
-threads = settings.gunicorn_threads
+threads = settings.GUNICORN_THREADS
 {%- else %}
 
 # Greenlets: an open socket costs a few tens of KB instead of two OS threads,
@@ -50,7 +50,7 @@ threads = settings.gunicorn_threads
 # https://docs.gunicorn.org/en/stable/design.html#async-workers
 worker_class = "gevent"
 # https://docs.gunicorn.org/en/stable/settings.html#worker-connections
-worker_connections = settings.gunicorn_worker_connections
+worker_connections = settings.GUNICORN_WORKER_CONNECTIONS
 {%- endif %}
 
 # The worker's heartbeat to the master, not a limit on a request's length:
@@ -84,7 +84,7 @@ errorlog = "-"
 # ProxyFix (proxy.py) believes X-Forwarded-For and -Host from the same peers.
 # https://docs.gunicorn.org/en/stable/settings.html#forwarded-allow-ips
 forwarded_allow_ips = (
-    ",".join(settings.forwarded_allow_ips) if settings.trusted_proxy_count else ""
+    ",".join(settings.FORWARDED_ALLOW_IPS) if settings.TRUSTED_PROXY_COUNT else ""
 )
 
 
@@ -180,7 +180,7 @@ def child_exit(server, worker):
     from {{ cookiecutter.package_name }}.realtime.redis_user_sockets import forget_worker
 
     try:
-        forget_worker(settings.redis_url, worker.pid)
+        forget_worker(settings.REDIS_URL, worker.pid)
     except Exception as error:  # Redis down: its count expires on its own
         server.log.warning("could not forget worker %s in Redis: %s", worker.pid, error)
 {%- endif %}

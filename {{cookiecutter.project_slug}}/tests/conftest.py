@@ -101,11 +101,9 @@ def clean_environ(**settings: str) -> dict:
 
     The tests decide every setting; nothing leaks in from the shell or `.env`.
     """
-    names = re.findall(
-        r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"',
-        (PROJECT_ROOT / "src" / PACKAGE / "config.py").read_text(),
-    )
-    environ = {k: v for k, v in os.environ.items() if k not in names}
+    from {{ cookiecutter.package_name }}.config import Settings
+
+    environ = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
     environ.update(settings)
     return environ
 
@@ -239,8 +237,11 @@ def migrated(settings) -> dict:
 # HTTP, so it admits 2 sockets.
 SMALL_WORKER = {
     "WEB_CONCURRENCY": "1",
-    "GUNICORN_THREADS": "4",
+{%- if cookiecutter.worker_class == "gevent" %}
     "GUNICORN_WORKER_CONNECTIONS": "4",
+{%- else %}
+    "GUNICORN_THREADS": "4",
+{%- endif %}
 }
 SMALL_WORKER_SOCKETS = 2
 

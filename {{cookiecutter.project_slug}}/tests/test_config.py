@@ -1,6 +1,7 @@
-"""Settings: a missing secret stops the service with one line, and cookies
-are locked down."""
+"""Settings: a missing secret or a wrong value stops the service with one
+line, every setting is documented, and cookies are locked down."""
 
+import re
 import secrets
 import subprocess
 
@@ -71,7 +72,7 @@ def test_a_missing_key_outside_production_is_random_and_said(start_server):
         "SECRET_KEY is not set: using a random key until this process stops, so "
         f"logins will not survive a restart; {HINT}"
     ) in server.log()
-    keys = {Settings.from_env({"APP_ENV": "development"}).secret_key for _ in "ab"}
+    keys = {Settings.from_env({"APP_ENV": "development"}).SECRET_KEY for _ in "ab"}
     assert len(keys) == 2
     assert all(len(key) >= 32 for key in keys)
 
@@ -121,6 +122,178 @@ def test_a_wrong_setting_is_one_clear_line(tmp_path, name, value, message):
     )
     assert result.returncode == 1
     assert result.stderr == message + "\n"
+
+
+# A wrong value for every setting that has one, and the line it gets.
+WRONG_VALUES = {
+    "APP_ENV": (
+        "prod",
+        "APP_ENV is 'prod'; use one of production, development, testing",
+    ),
+    "SECRET_KEY": ("dev", f"SECRET_KEY is a placeholder; {HINT}"),
+    "WS_PING_INTERVAL": ("-1", "WS_PING_INTERVAL must be at least 0, got -1"),
+    "WS_MAX_MESSAGE_SIZE": (
+        "1.5",
+        "WS_MAX_MESSAGE_SIZE must be a whole number, got '1.5'",
+    ),
+    "WS_COMPRESSION": ("2", "WS_COMPRESSION must be on or off, got '2'"),
+    "WS_SEND_QUEUE_LIMIT": ("0", "WS_SEND_QUEUE_LIMIT must be at least 1, got 0"),
+    "WS_MAX_SOCKETS_PER_USER": (
+        "ten",
+        "WS_MAX_SOCKETS_PER_USER must be a whole number, got 'ten'",
+    ),
+    "WS_MAX_MESSAGES_PER_SECOND": (
+        "0",
+        "WS_MAX_MESSAGES_PER_SECOND must be at least 1, got 0",
+    ),
+    "TOKEN_MAX_AGE": ("1h", "TOKEN_MAX_AGE must be a whole number, got '1h'"),
+    "AUTH_LIMIT_PER_ADDRESS": (
+        "often",
+        "AUTH_LIMIT_PER_ADDRESS must be a rate such as 30/minute, got 'often'",
+    ),
+    "AUTH_LIMIT_PER_ACCOUNT": (
+        "5/fortnight",
+        "AUTH_LIMIT_PER_ACCOUNT must be a rate such as 30/minute, got '5/fortnight'",
+    ),
+    "TRUSTED_PROXY_COUNT": ("-1", "TRUSTED_PROXY_COUNT must be at least 0, got -1"),
+    "FORWARDED_ALLOW_IPS": (
+        "10.0.0.0/8,nginx",
+        "FORWARDED_ALLOW_IPS must list IP addresses or networks, got 'nginx'",
+    ),
+    "PORT": ("http", "PORT must be a whole number, got 'http'"),
+    "WEB_CONCURRENCY": ("-2", "WEB_CONCURRENCY must be at least 1, got -2"),
+{%- if cookiecutter.worker_class == "gevent" %}
+    "GUNICORN_WORKER_CONNECTIONS": (
+        "1e3",
+        "GUNICORN_WORKER_CONNECTIONS must be a whole number, got '1e3'",
+    ),
+{%- else %}
+    "GUNICORN_THREADS": ("0", "GUNICORN_THREADS must be at least 1, got 0"),
+{%- endif %}
+}
+# Any text is taken: a URL is checked when it is used, by /readyz.
+ANY_VALUE = [
+    "DATABASE_URL",
+{%- if cookiecutter.broadcast == "redis" %}
+    "REDIS_URL",
+{%- endif %}
+    "ALLOWED_ORIGINS",
+    "HOST",
+]
+
+
+def test_every_setting_is_checked_or_takes_any_value():
+    assert sorted(Settings.model_fields) == sorted([*WRONG_VALUES, *ANY_VALUE])
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [(name, value, message) for name, (value, message) in WRONG_VALUES.items()],
+)
+def test_each_wrong_setting_is_named_in_one_line(name, value, message):
+    config = {"SECRET_KEY": secrets.token_urlsafe(48), name: value}
+    with pytest.raises(SystemExit) as refused:
+        Settings.from_env(config)
+    assert refused.value.code == f"error: {message}"
+
+
+def test_every_wrong_setting_is_named_in_the_same_line():
+    config = {"SECRET_KEY": secrets.token_urlsafe(48), "PORT": "0", "HOST": ""}
+    config.update(WS_COMPRESSION="maybe", WEB_CONCURRENCY="many")
+    with pytest.raises(SystemExit) as refused:
+        Settings.from_env(config)
+    assert refused.value.code == (
+        "error: WS_COMPRESSION must be on or off, got 'maybe'; "
+        "PORT must be at least 1, got 0; "
+        "WEB_CONCURRENCY must be a whole number, got 'many'"
+    )
+
+
+def test_values_are_normalised():
+    settings = Settings.from_env(
+        {
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "DATABASE_URL": "postgres://app@db.example.com/app",
+            "ALLOWED_ORIGINS": " https://Chat.Example.com/ ,http://127.0.0.1:8000,",
+            "FORWARDED_ALLOW_IPS": "10.0.0.0/8, ::1",
+            "WS_COMPRESSION": "on",
+            "HOST": "",
+        }
+    )
+    assert settings.DATABASE_URL == "postgresql+psycopg://app@db.example.com/app"
+    assert settings.ALLOWED_ORIGINS == (
+        "https://chat.example.com",
+        "http://127.0.0.1:8000",
+    )
+    assert settings.FORWARDED_ALLOW_IPS == ("10.0.0.0/8", "::1")
+    assert settings.WS_COMPRESSION is True
+    assert settings.HOST == "127.0.0.1"
+
+
+@pytest.fixture
+def no_settings_in_the_environment(monkeypatch):
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SECRET_KEY", secrets.token_urlsafe(48))
+
+
+def test_dotenv_completes_the_environment_which_wins(
+    no_settings_in_the_environment, tmp_path, monkeypatch
+):
+    (tmp_path / ".env").write_text(
+        "TOKEN_MAX_AGE=60\nWS_MAX_SOCKETS_PER_USER=3\nNGINX_AUTH_RATE=1r/s\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKEN_MAX_AGE", "120")
+    settings = Settings.from_env()
+    assert (settings.TOKEN_MAX_AGE, settings.WS_MAX_SOCKETS_PER_USER) == (120, 3)
+
+
+def test_settings_given_by_name_win_and_dotenv_is_not_read(
+    no_settings_in_the_environment, tmp_path, monkeypatch
+):
+    (tmp_path / ".env").write_text("WS_MAX_SOCKETS_PER_USER=3\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKEN_MAX_AGE", "120")
+    monkeypatch.setenv("WS_MAX_MESSAGES_PER_SECOND", "5")
+    settings = Settings.from_env({"TOKEN_MAX_AGE": "30"})
+    assert settings.TOKEN_MAX_AGE == 30
+    assert settings.WS_MAX_MESSAGES_PER_SECOND == 5
+    assert settings.WS_MAX_SOCKETS_PER_USER == 10
+
+
+def settings_table() -> dict[str, str]:
+    """{variable: default cell} of the README's settings table."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| (.*?) \|", section, re.M))
+
+
+def as_written(value) -> str:
+    """A setting's value the way the README and .env.example write it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def test_the_readme_table_lists_every_setting_with_its_default():
+    table = settings_table()
+    fields = Settings.model_fields
+    assert sorted(set(fields) - set(table)) == [], "settings missing from the table"
+    assert sorted(set(table) - set(fields)) == [], "rows for no setting"
+    # The defaults, where the table gives one as a plain value.
+    for name, cell in table.items():
+        if literal := re.fullmatch(r"`([^`]*)`", cell):
+            default = as_written(fields[name].default)
+            assert literal.group(1) == default, f"{name}: the default is {default}"
+
+
+def test_env_example_has_a_line_for_every_setting():
+    example = (PROJECT_ROOT / ".env.example").read_text()
+    lines = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", example, re.M))
+    assert sorted(set(Settings.model_fields) - lines) == []
 
 
 def test_production_session_cookie_is_secure_httponly_lax(start_server):

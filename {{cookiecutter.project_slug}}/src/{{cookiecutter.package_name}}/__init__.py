@@ -1,7 +1,6 @@
 """The application factory: `create_app()` builds the app from the settings."""
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,10 +17,10 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     """Build the app.
 
     `config` takes settings by their environment names (`SECRET_KEY`,
-    `DATABASE_URL`...) and wins over the environment; tests use it.
+    `DATABASE_URL`...) and wins over the environment (`.env` is then not
+    read); tests use it.
     """
-    environ = None if config is None else {**os.environ, **config}
-    settings = Settings.from_env(environ)
+    settings = Settings.from_env(config)
 
     app = Flask(__name__)
     app.config.from_mapping(settings.flask_config(app.instance_path))

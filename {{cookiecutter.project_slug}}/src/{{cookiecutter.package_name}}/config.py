@@ -1,33 +1,32 @@
 """Settings, read from the environment (and `.env`) here and nowhere else.
 
-Every variable is listed in `.env.example` and in the README's settings table.
+Each field is named after its environment variable, and the app reads it by
+that name from `app.config`. Every one is listed in `.env.example` and in the
+README's settings table.
+https://docs.pydantic.dev/latest/concepts/pydantic_settings/
 """
 
 import ipaddress
 import logging
-import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
-from dotenv import dotenv_values
 from limits import parse_many
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 {%- if cookiecutter.broadcast == "redis" %}
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-{%- endif %}
-
-ENVIRONMENTS = ("production", "development", "testing")
-
-# Chosen when the project was generated, like gunicorn.conf.py's worker_class.
-WORKER_CLASS = "{{ cookiecutter.worker_class }}"
-{%- if cookiecutter.broadcast == "redis" %}
-# Redis carries chat between workers, so one per core of a small machine.
-DEFAULT_WORKERS = 2
-{%- else %}
-# One: the in-process chat hub reaches only the sockets of its own worker.
-DEFAULT_WORKERS = 1
 {%- endif %}
 
 # A key shorter than this is a typo or a placeholder, not a secret.
@@ -51,123 +50,197 @@ class ConfigError(SystemExit):
         super().__init__(f"error: {message}")
 
 
-@dataclass(frozen=True)
-class Settings:
-    app_env: str
-    secret_key: str
-    database_url: str | None
-    redis_url: str
-    allowed_origins: tuple[str, ...]
-    ws_ping_interval: float
-    ws_max_message_size: int
-    ws_compression: bool
-    ws_send_queue_limit: int
-    ws_max_sockets_per_user: int
-    ws_max_messages_per_second: int
-    token_max_age: int
-    auth_limit_per_address: str
-    auth_limit_per_account: str
-    trusted_proxy_count: int
-    forwarded_allow_ips: tuple[str, ...]
-    host: str
-    port: int
-    web_concurrency: int
-    gunicorn_threads: int
-    gunicorn_worker_connections: int
+def wrong(message: str, given: object) -> PydanticCustomError:
+    """A setting's problem, as said after its name."""
+    return PydanticCustomError("setting", message, {"given": repr(given)})
 
-    @property
-    def worker_concurrency(self) -> int:
-        """Requests one gunicorn worker serves at once, sockets included."""
-        if WORKER_CLASS == "gevent":
-            return self.gunicorn_worker_connections
-        return self.gunicorn_threads
+
+def rate(value: str) -> str:
+    """A rate such as `30/minute` or `5 per 10 seconds`, or several separated
+    by `;`, in the notation of the limits library:
+    https://limits.readthedocs.io/en/stable/quickstart.html#rate-limit-string-notation
+    """
+    try:
+        items = parse_many(value)
+    except ValueError:
+        items = []
+    if not items or any(item.amount < 1 for item in items):
+        raise wrong("must be a rate such as 30/minute, got {given}", value)
+    return value
+
+
+def comma_list(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def networks(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    """IP addresses or networks (CIDR); `*` means any."""
+    for address in addresses:
+        if address == "*":
+            continue
+        try:
+            ipaddress.ip_network(address)
+        except ValueError:
+            raise wrong(
+                "must list IP addresses or networks, got {given}", address
+            ) from None
+    return addresses
+
+
+def origins(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(origin.rstrip("/").lower() for origin in values)
+
+
+def or_loopback(host: str) -> str:
+    return host or "127.0.0.1"
+
+
+def psycopg_url(value: str | None) -> str | None:
+    """Point PostgreSQL URLs at psycopg 3, whichever spelling was given."""
+    for prefix in ("postgres://", "postgresql://"):
+        if value and value.startswith(prefix):
+            return "postgresql+psycopg://" + value.removeprefix(prefix)
+    return value or None
+
+
+Count = Annotated[int, Field(ge=1)]
+Rate = Annotated[str, AfterValidator(rate)]
+# NoDecode: a comma list, not the JSON that pydantic-settings expects by default.
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(comma_list)]
+
+
+class Settings(BaseSettings):
+    # The environment wins over `.env` (in the working directory); other
+    # variables are not settings.
+    # https://docs.pydantic.dev/latest/concepts/pydantic_settings/#dotenv-env-support
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        case_sensitive=True,
+        extra="ignore",
+        str_strip_whitespace=True,
+        frozen=True,
+    )
+
+    APP_ENV: Literal["production", "development", "testing"] = "production"
+    SECRET_KEY: str = ""
+    # None: a SQLite file in the instance folder.
+    DATABASE_URL: Annotated[str | None, AfterValidator(psycopg_url)] = None
+{%- if cookiecutter.broadcast == "redis" %}
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+{%- endif %}
+    ALLOWED_ORIGINS: Annotated[CommaList, AfterValidator(origins)] = ()
+    # 0 turns pings off.
+    WS_PING_INTERVAL: Annotated[float, Field(ge=0)] = 25
+    WS_MAX_MESSAGE_SIZE: Count = 65536
+    WS_COMPRESSION: bool = False
+    WS_SEND_QUEUE_LIMIT: Count = 1024 * 1024
+    WS_MAX_SOCKETS_PER_USER: Count = 10
+    WS_MAX_MESSAGES_PER_SECOND: Count = 20
+    TOKEN_MAX_AGE: Count = 3600
+    AUTH_LIMIT_PER_ADDRESS: Rate = "30/minute"
+    AUTH_LIMIT_PER_ACCOUNT: Rate = "5/minute"
+    TRUSTED_PROXY_COUNT: Annotated[int, Field(ge=0)] = 0
+    # gunicorn's own default, and the same variable gunicorn reads.
+    FORWARDED_ALLOW_IPS: Annotated[CommaList, AfterValidator(networks)] = (
+        "127.0.0.1",
+        "::1",
+    )
+    HOST: Annotated[str, AfterValidator(or_loopback)] = "127.0.0.1"
+    PORT: Count = 8000
+{%- if cookiecutter.broadcast == "redis" %}
+    # Redis carries chat between workers, so one per core of a small machine.
+    WEB_CONCURRENCY: Count = 2
+{%- else %}
+    # One: the in-process chat hub reaches only the sockets of its own worker.
+    WEB_CONCURRENCY: Count = 1
+{%- endif %}
+{%- if cookiecutter.worker_class == "gevent" %}
+    GUNICORN_WORKER_CONNECTIONS: Count = 1000
+{%- else %}
+    GUNICORN_THREADS: Count = 100
+{%- endif %}
+
+    @field_validator("SECRET_KEY")
+    @classmethod
+    def secret_key(cls, value: str, info: ValidationInfo) -> str:
+        app_env = info.data.get("APP_ENV")
+        if app_env is None:  # APP_ENV is wrong, and said so
+            return value
+        if not value:
+            if app_env == "production":
+                raise wrong(f"is not set; {GENERATE_KEY_HINT}", value)
+            # A key nobody else knows, so that `flask` commands and a first run
+            # work before `.env` exists; sessions and tokens end with the process.
+            logging.getLogger(__name__).warning(
+                "SECRET_KEY is not set: using a random key until this process "
+                "stops, so logins will not survive a restart; %s",
+                GENERATE_KEY_HINT,
+            )
+            return secrets.token_urlsafe(48)
+        if value.lower() in PLACEHOLDER_SECRET_KEYS and app_env != "testing":
+            raise wrong(f"is a placeholder; {GENERATE_KEY_HINT}", value)
+        if len(value) < MIN_SECRET_KEY_LENGTH and app_env == "production":
+            raise wrong(
+                f"is {len(value)} characters long, at least "
+                f"{MIN_SECRET_KEY_LENGTH} are needed; {GENERATE_KEY_HINT}",
+                value,
+            )
+        return value
+
+    @classmethod
+    def from_env(cls, config: Mapping[str, str] | None = None) -> "Settings":
+        """The settings of the environment, completed by `.env` in the working
+        directory; or those of `config` (by variable name), completed by the
+        environment alone. A wrong one stops here with one line."""
+        try:
+            if config is None:
+                return cls()
+            return cls(_env_file=None, **config)
+        except ValidationError as error:
+            raise ConfigError(one_line(error)) from None
 
     @property
     def websockets_per_worker(self) -> int:
-        """Sockets one worker admits: its concurrency less a reserve that keeps
-        HTTP (health checks, logins) answering when sockets fill the rest."""
-        reserve = max(2, self.worker_concurrency // 10)
-        return max(1, self.worker_concurrency - reserve)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """Read the settings from `environ` (default: the process environment,
-        completed by `.env` in the working directory without overriding it)."""
-        if environ is None:
-            environ = {**dotenv_values(Path.cwd() / ".env"), **os.environ}
-        env = _Reader(environ)
-
-        app_env = env.str("APP_ENV", "production")
-        if app_env not in ENVIRONMENTS:
-            raise ConfigError(
-                f"APP_ENV is {app_env!r}; use one of {', '.join(ENVIRONMENTS)}"
-            )
-        return cls(
-            app_env=app_env,
-            secret_key=_secret_key(env.str("SECRET_KEY", ""), app_env),
-            database_url=_database_url(env.str("DATABASE_URL", "")),
-            redis_url=env.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            allowed_origins=_origins(env.str("ALLOWED_ORIGINS", "")),
-            ws_ping_interval=env.number("WS_PING_INTERVAL", 25, minimum=0),
-            ws_max_message_size=env.integer("WS_MAX_MESSAGE_SIZE", 65536, minimum=1),
-            ws_compression=env.on_off("WS_COMPRESSION", False),
-            ws_send_queue_limit=env.integer(
-                "WS_SEND_QUEUE_LIMIT", 1024 * 1024, minimum=1
-            ),
-            ws_max_sockets_per_user=env.integer(
-                "WS_MAX_SOCKETS_PER_USER", 10, minimum=1
-            ),
-            ws_max_messages_per_second=env.integer(
-                "WS_MAX_MESSAGES_PER_SECOND", 20, minimum=1
-            ),
-            token_max_age=env.integer("TOKEN_MAX_AGE", 3600, minimum=1),
-            auth_limit_per_address=env.rate("AUTH_LIMIT_PER_ADDRESS", "30/minute"),
-            auth_limit_per_account=env.rate("AUTH_LIMIT_PER_ACCOUNT", "5/minute"),
-            trusted_proxy_count=env.integer("TRUSTED_PROXY_COUNT", 0, minimum=0),
-            # gunicorn's own default, and the same variable gunicorn reads.
-            forwarded_allow_ips=env.addresses("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
-            host=env.str("HOST", "127.0.0.1") or "127.0.0.1",
-            port=env.integer("PORT", 8000, minimum=1),
-            web_concurrency=env.integer("WEB_CONCURRENCY", DEFAULT_WORKERS, minimum=1),
-            gunicorn_threads=env.integer("GUNICORN_THREADS", 100, minimum=1),
-            gunicorn_worker_connections=env.integer(
-                "GUNICORN_WORKER_CONNECTIONS", 1000, minimum=1
-            ),
-        )
+        """Sockets one worker admits: the requests it serves at once, less a
+        reserve that keeps HTTP (health checks, logins) answering when
+        sockets fill the rest."""
+{%- if cookiecutter.worker_class == "gevent" %}
+        concurrency = self.GUNICORN_WORKER_CONNECTIONS
+{%- else %}
+        concurrency = self.GUNICORN_THREADS
+{%- endif %}
+        reserve = max(2, concurrency // 10)
+        return max(1, concurrency - reserve)
 
     def flask_config(self, instance_path: str) -> dict:
-        """The Flask configuration these settings amount to."""
-        production = self.app_env == "production"
+        """The Flask configuration: every setting by its name, and what the
+        extensions need from them."""
+        production = self.APP_ENV == "production"
         database_url = (
-            self.database_url or f"sqlite:///{Path(instance_path) / 'app.db'}"
+            self.DATABASE_URL or f"sqlite:///{Path(instance_path) / 'app.db'}"
         )
         return {
-            "APP_ENV": self.app_env,
-            "TESTING": self.app_env == "testing",
-            "SECRET_KEY": self.secret_key,
+            **self.model_dump(),
+            "TESTING": self.APP_ENV == "testing",
             "SQLALCHEMY_DATABASE_URI": database_url,
 {%- if cookiecutter.database == "postgresql" %}
-            "SQLALCHEMY_ENGINE_OPTIONS": _engine_options(database_url),
+            "SQLALCHEMY_ENGINE_OPTIONS": engine_options(database_url),
 {%- else %}
             # Check a pooled connection before use: the database may have
             # restarted since. https://docs.sqlalchemy.org/en/20/core/pooling.html#pool-disconnects
             "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
 {%- endif %}
-            "REDIS_URL": self.redis_url,
-            "ALLOWED_ORIGINS": self.allowed_origins,
-            "TOKEN_MAX_AGE": self.token_max_age,
-            # Read by auth/limits.py, and the Flask-Limiter settings they need.
-            # A moving window: a fixed one lets twice the limit through
-            # across the turn of a minute.
+            # For auth/limits.py, which reads AUTH_LIMIT_PER_*. A moving
+            # window: a fixed one lets twice the limit through across the turn
+            # of a minute.
             # https://flask-limiter.readthedocs.io/en/stable/configuration.html
-            "AUTH_LIMIT_PER_ADDRESS": self.auth_limit_per_address,
-            "AUTH_LIMIT_PER_ACCOUNT": self.auth_limit_per_account,
             "RATELIMIT_STRATEGY": "moving-window",
             "RATELIMIT_KEY_PREFIX": "{{ cookiecutter.package_name }}",
 {%- if cookiecutter.broadcast == "redis" %}
             # Shared by every worker and instance. With Redis down each worker
             # counts on its own rather than refuse every login.
-            "RATELIMIT_STORAGE_URI": self.redis_url,
+            "RATELIMIT_STORAGE_URI": self.REDIS_URL,
             # Given up on after 2 s, not resent: redis-py's default retries
             # would hold a login for many seconds while Redis is away.
             "RATELIMIT_STORAGE_OPTIONS": {
@@ -181,13 +254,7 @@ class Settings:
             # (WEB_CONCURRENCY=1, the default here), per worker with more.
             "RATELIMIT_STORAGE_URI": "memory://",
 {%- endif %}
-            "TRUSTED_PROXY_COUNT": self.trusted_proxy_count,
-            "FORWARDED_ALLOW_IPS": self.forwarded_allow_ips,
             "WEBSOCKETS_PER_WORKER": self.websockets_per_worker,
-            "WS_COMPRESSION": self.ws_compression,
-            "WS_SEND_QUEUE_LIMIT": self.ws_send_queue_limit,
-            "WS_MAX_SOCKETS_PER_USER": self.ws_max_sockets_per_user,
-            "WS_MAX_MESSAGES_PER_SECOND": self.ws_max_messages_per_second,
             # https://flask.palletsprojects.com/en/stable/web-security/#set-cookie-options
             "SESSION_COOKIE_HTTPONLY": True,
             "SESSION_COOKIE_SAMESITE": "Lax",
@@ -200,110 +267,44 @@ class Settings:
             # silent connections (nginx: proxy_read_timeout, 60 s).
             # https://flask-sock.readthedocs.io/en/latest/web_servers.html
             "SOCK_SERVER_OPTIONS": {
-                "ping_interval": self.ws_ping_interval or None,
-                "max_message_size": self.ws_max_message_size,
+                "ping_interval": self.WS_PING_INTERVAL or None,
+                "max_message_size": self.WS_MAX_MESSAGE_SIZE,
             },
         }
 
 
-class _Reader:
-    """Typed access to an environment mapping, with one-line errors."""
-
-    def __init__(self, environ: Mapping[str, str | None]) -> None:
-        self._environ = environ
-
-    def str(self, name: str, default: str) -> str:
-        value = self._environ.get(name)
-        return default if value is None else value.strip()
-
-    def integer(self, name: str, default: int, minimum: int) -> int:
-        return self._number(name, default, minimum, int, "a whole number")
-
-    def number(self, name: str, default: float, minimum: float) -> float:
-        return self._number(name, default, minimum, float, "a number")
-
-    def _number(self, name, default, minimum, convert, kind):
-        raw = self.str(name, str(default))
-        try:
-            value = convert(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
-        if value < minimum:
-            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-        return value
-
-    def on_off(self, name: str, default: bool) -> bool:
-        raw = self.str(name, "on" if default else "off")
-        if raw.lower() in ("on", "true", "yes", "1"):
-            return True
-        if raw.lower() in ("off", "false", "no", "0"):
-            return False
-        raise ConfigError(f"{name} must be on or off, got {raw!r}")
-
-    def rate(self, name: str, default: str) -> str:
-        """A rate such as `30/minute` or `5 per 10 seconds`, or several
-        separated by `;`, in the notation of the limits library:
-        https://limits.readthedocs.io/en/stable/quickstart.html#rate-limit-string-notation
-        """
-        raw = self.str(name, default)
-        try:
-            items = parse_many(raw)
-        except ValueError:
-            items = []
-        if not items or any(item.amount < 1 for item in items):
-            raise ConfigError(f"{name} must be a rate such as 30/minute, got {raw!r}")
-        return raw
-
-    def addresses(self, name: str, default: str) -> tuple[str, ...]:
-        """IP addresses or networks (CIDR), comma-separated; `*` means any."""
-        raw = self.str(name, default)
-        addresses = tuple(item.strip() for item in raw.split(",") if item.strip())
-        for address in addresses:
-            if address == "*":
-                continue
-            try:
-                ipaddress.ip_network(address)
-            except ValueError:
-                raise ConfigError(
-                    f"{name} must list IP addresses or networks, got {address!r}"
-                ) from None
-        return addresses
+# What a value must be, by pydantic's error type.
+# https://docs.pydantic.dev/latest/errors/validation_errors/
+MUST_BE = {
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "bool_parsing": "on or off",
+}
 
 
-def _secret_key(value: str, app_env: str) -> str:
-    if not value:
-        if app_env == "production":
-            raise ConfigError(f"SECRET_KEY is not set; {GENERATE_KEY_HINT}")
-        # A key nobody else knows, so that `flask` commands and a first run
-        # work before `.env` exists; sessions and tokens end with the process.
-        logging.getLogger(__name__).warning(
-            "SECRET_KEY is not set: using a random key until this process "
-            "stops, so logins will not survive a restart; %s",
-            GENERATE_KEY_HINT,
-        )
-        return secrets.token_urlsafe(48)
-    if value.lower() in PLACEHOLDER_SECRET_KEYS and app_env != "testing":
-        raise ConfigError(f"SECRET_KEY is a placeholder; {GENERATE_KEY_HINT}")
-    if len(value) < MIN_SECRET_KEY_LENGTH and app_env == "production":
-        raise ConfigError(
-            f"SECRET_KEY is {len(value)} characters long, "
-            f"at least {MIN_SECRET_KEY_LENGTH} are needed; {GENERATE_KEY_HINT}"
-        )
-    return value
-
-
-def _database_url(value: str) -> str | None:
-    """Point PostgreSQL URLs at psycopg 3, whichever spelling was given."""
-    for prefix in ("postgres://", "postgresql://"):
-        if value.startswith(prefix):
-            return "postgresql+psycopg://" + value.removeprefix(prefix)
-    return value or None
-
-
+def one_line(error: ValidationError) -> str:
+    """Each wrong setting by its name: what it must be, and what was given."""
+    problems = []
+    for problem in error.errors():
+        name, given, kind = problem["loc"][0], problem["input"], problem["type"]
+        if kind == "setting":
+            problems.append(f"{name} {problem['msg']}")
+        elif kind == "greater_than_equal":
+            minimum = problem["ctx"]["ge"]
+            problems.append(f"{name} must be at least {minimum:g}, got {given}")
+        elif kind == "literal_error":
+            choices = ", ".join(get_args(Settings.model_fields[name].annotation))
+            problems.append(f"{name} is {given!r}; use one of {choices}")
+        elif kind in MUST_BE:
+            problems.append(f"{name} must be {MUST_BE[kind]}, got {given!r}")
+        else:
+            problems.append(f"{name}: {problem['msg']}, got {given!r}")
+    return "; ".join(problems)
 {%- if cookiecutter.database == "postgresql" %}
 
 
-def _engine_options(database_url: str) -> dict:
+def engine_options(database_url: str) -> dict:
     # Check a pooled connection before use: the database may have restarted
     # since. https://docs.sqlalchemy.org/en/20/core/pooling.html#pool-disconnects
     options: dict = {"pool_pre_ping": True}
@@ -314,11 +315,3 @@ def _engine_options(database_url: str) -> dict:
         options["connect_args"] = {"connect_timeout": 5}
     return options
 {%- endif %}
-
-
-def _origins(value: str) -> tuple[str, ...]:
-    return tuple(
-        origin.strip().rstrip("/").lower()
-        for origin in value.split(",")
-        if origin.strip()
-    )

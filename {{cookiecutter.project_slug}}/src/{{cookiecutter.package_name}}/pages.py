@@ -11,5 +11,5 @@ def index():
     return render_template(
         "index.html",
         user=current_user,
-        max_message_size=current_app.config["SOCK_SERVER_OPTIONS"]["max_message_size"],
+        max_message_size=current_app.config["WS_MAX_MESSAGE_SIZE"],
     )
