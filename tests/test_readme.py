@@ -40,6 +40,8 @@ from test_make_dev import (
 
 FENCED_BLOCK = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)")
+# A link to a file of the bake or a heading, with its fragment: not a URL.
+RELATIVE_LINK = re.compile(r"\]\((?![a-z]+:)([^)\s]+)\)")
 
 # Where the examples expect the server; the test's server is on a free port.
 README_ADDRESS = "127.0.0.1:8000"
@@ -393,6 +395,32 @@ def test_the_readme_links_every_docs_file(baked, answers):
     docs = {path.relative_to(project).as_posix() for path in manual(project)[1:]}
     assert docs, "the bake has no docs/"
     assert sorted(docs - linked) == []
+
+
+def anchors(markdown: str) -> set[str]:
+    """The fragment each heading gets on GitHub: lowercase, punctuation other
+    than hyphens dropped, spaces made hyphens."""
+    found = set()
+    for heading in re.findall(r"^#+ (.+)$", FENCED_BLOCK.sub("", markdown), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(slug)
+    return found
+
+
+@pytest.mark.parametrize("answers", EACH_CHOICE_ALONE)
+def test_every_relative_link_of_the_readme_and_docs_resolves(baked, answers):
+    project = baked(**answers).project_path
+    broken = []
+    for path in manual(project):
+        for target in RELATIVE_LINK.findall(path.read_text()):
+            file, _, fragment = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            where = f"{path.relative_to(project)}: ({target})"
+            if not linked.exists():
+                broken.append(f"{where} names no file of the bake")
+            elif fragment and fragment not in anchors(linked.read_text()):
+                broken.append(f"{where} names no heading of {linked.name}")
+    assert not broken, "\n".join(broken)
 
 
 @pytest.fixture(scope="module")
