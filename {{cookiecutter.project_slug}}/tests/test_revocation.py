@@ -20,7 +20,6 @@ from .conftest import (
     bearer_token,
     log_in,
     open_socket,
-    run_flask,
     submit_form,
 )
 
@@ -71,11 +70,11 @@ def change_password_on_the_page(server, browser: requests.Session) -> None:
     assert response.headers["Location"] == "/"
 
 
-def set_password_with_the_cli(settings: dict, email: str) -> None:
-    result = run_flask(
-        settings, "users", "set-password", email, "--password", NEW_PASSWORD
+def set_password_with_the_cli(runner, email: str) -> None:
+    result = runner.invoke(
+        args=["users", "set-password", email, "--password", NEW_PASSWORD]
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
     assert result.stdout == f"changed the password of {email}; logged out everywhere\n"
 
 
@@ -238,26 +237,25 @@ def test_password_page_refuses_and_revokes_nothing(server, fields, error):
     assert bearer_token(server, email)
 
 
-def test_password_page_needs_a_login(server):
-    response = requests.get(
-        f"{server.url}/auth/password", allow_redirects=False, timeout=30
-    )
+def test_password_page_needs_a_login(client):
+    response = client.get("/auth/password")
     assert response.status_code == 302
     assert response.headers["Location"] == "/auth/login?next=/auth/password"
 
 
-def test_the_header_links_to_the_password_page(server):
-    page = log_in(server, new_user(server)).get(f"{server.url}/")
+def test_the_header_links_to_the_password_page(client, auth, user):
+    auth.log_in(user)
+    page = client.get("/")
     assert '<a href="/auth/password">Change password</a>' in page.text
 
 
-def test_users_set_password_revokes_sessions_tokens_and_sockets(server, migrated):
+def test_users_set_password_revokes_sessions_tokens_and_sockets(server, server_runner):
     email = new_user(server)
     browser = log_in(server, email)
     token = bearer_token(server, email)
     with ExitStack() as stack:
         sockets = open_sockets(stack, server, browser, token)
-        set_password_with_the_cli(migrated, email)
+        set_password_with_the_cli(server_runner, email)
 {%- if cookiecutter.broadcast == "redis" %}
         # The command adds the revocation to the Redis stream, like the app.
         assert_all_revoked(sockets, within=PROMPTLY)
@@ -270,33 +268,34 @@ def test_users_set_password_revokes_sessions_tokens_and_sockets(server, migrated
     assert handshake_status(server, browser=log_in(server, email, NEW_PASSWORD)) == 101
 
 
-def test_users_set_password_prompts_for_the_password(server, migrated):
-    email = new_user(server)
+def test_users_set_password_prompts_for_the_password(runner, auth, user):
     typed = f"{NEW_PASSWORD}\n{NEW_PASSWORD}\n"
-    result = run_flask(migrated, "users", "set-password", email, input=typed)
-    assert result.returncode == 0, result.stderr
+    result = runner.invoke(args=["users", "set-password", user], input=typed)
+    assert result.exit_code == 0, result.output
     assert result.stdout.endswith(
-        f"changed the password of {email}; logged out everywhere\n"
+        f"changed the password of {user}; logged out everywhere\n"
     )
-    assert bearer_token_with(server, email)
+    assert auth.token(user, NEW_PASSWORD).status_code == 200
 
 
-def test_users_set_password_refuses_an_unknown_email_with_one_line(migrated):
+def test_users_set_password_refuses_an_unknown_email_with_one_line(runner):
     email = "Nobody@Example.com"
-    result = run_flask(
-        migrated, "users", "set-password", email, "--password", NEW_PASSWORD
+    result = runner.invoke(
+        args=["users", "set-password", email, "--password", NEW_PASSWORD]
     )
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert result.stderr == "Error: no user has the email nobody@example.com\n"
 
 
 def test_users_set_password_refuses_a_short_password_and_revokes_nothing(
-    server, migrated
+    server, server_runner
 ):
     email = new_user(server)
     token = bearer_token(server, email)
-    result = run_flask(migrated, "users", "set-password", email, "--password", "short")
-    assert result.returncode == 1
+    result = server_runner.invoke(
+        args=["users", "set-password", email, "--password", "short"]
+    )
+    assert result.exit_code == 1
     assert result.stderr == "Error: the password must be at least 8 characters long\n"
     assert handshake_status(server, token=token) == 101
 {%- if cookiecutter.broadcast == "redis" %}
@@ -329,7 +328,7 @@ def sockets_on_every_worker(stack: ExitStack, server, email: str) -> list:
 
 @pytest.mark.parametrize("how", ["logout", "password page", "users set-password"])
 def test_revocations_close_sockets_on_every_worker_and_instance(
-    instances, migrated, how
+    instances, server_runner, how
 ):
     first, second = instances
     email = new_user(first)
@@ -341,7 +340,7 @@ def test_revocations_close_sockets_on_every_worker_and_instance(
         elif how == "password page":
             change_password_on_the_page(first, log_in(first, email))
         else:
-            set_password_with_the_cli(migrated, email)
+            set_password_with_the_cli(server_runner, email)
         assert_all_revoked(sockets, within=PROMPTLY)
 
 
