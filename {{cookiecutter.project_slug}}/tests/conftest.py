@@ -36,8 +36,10 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from websockets.sync.client import connect
+from werkzeug.security import generate_password_hash
 
 from {{ cookiecutter.package_name }} import create_app
+from {{ cookiecutter.package_name }}.auth.models import User
 from {{ cookiecutter.package_name }}.extensions import db
 
 # The test modules import these from here too (wait_until only they use).
@@ -246,6 +248,9 @@ def migrated(settings) -> dict:
     return settings
 
 
+# In process, as in Flask's tutorial: the app, a client and the command runner.
+
+
 def make_app(settings: dict) -> Flask:
     """The app with these settings and no others: the app's variables of the
     process environment are hidden while it reads its settings."""
@@ -299,10 +304,20 @@ def create_user(runner: FlaskCliRunner, email: str) -> str:
     return email
 
 
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    """PASSWORD's hash, made once: hashing is slow on purpose."""
+    return generate_password_hash(PASSWORD)
+
+
 @pytest.fixture
-def user(runner) -> str:
-    """The email of an account in the app's database."""
-    return create_user(runner, "user@example.com")
+def user(app, password_hash) -> str:
+    """The email of an account in the app's database, with PASSWORD."""
+    email = "user@example.com"
+    with app.app_context():
+        db.session.add(User(email=email, password_hash=password_hash))
+        db.session.commit()
+    return email
 
 
 class AuthActions:
