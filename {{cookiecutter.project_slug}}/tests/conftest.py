@@ -504,9 +504,9 @@ def bob(make_user) -> str:
     return make_user("bob@example.com")
 
 
-def bearer_token(server: Server, email: str) -> str:
+def bearer_token(server: Server, email: str, password: str = PASSWORD) -> str:
     response = requests.post(
-        f"{server.url}/auth/token", auth=(email, PASSWORD), timeout=30
+        f"{server.url}/auth/token", auth=(email, password), timeout=30
     )
     assert response.status_code == 200, response.text
     return response.json()["token"]
@@ -574,6 +574,12 @@ def open_socket(
         origin=origin,
         **{"open_timeout": 10, "close_timeout": 5, "max_size": None, **options},
     )
+
+
+def echoes(ws, text: str = "ping") -> bool:
+    """Whether the echo socket `ws` sends `text` back."""
+    ws.send(text)
+    return ws.recv(timeout=10) == text
 
 
 def join_chat(*sockets) -> None:

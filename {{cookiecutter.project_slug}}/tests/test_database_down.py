@@ -26,6 +26,7 @@ from {{ cookiecutter.package_name }}.errors import MESSAGE, RETRY_AFTER_SECONDS
 from .conftest import (
     PASSWORD,
     bearer_token,
+    echoes,
     free_port,
     log_in,
     open_socket,
@@ -191,11 +192,6 @@ def assert_clean_log(server) -> None:
     log = server.log()
     assert "Traceback" not in log, log
     assert "[ERROR]" not in log, log
-
-
-def echoes(ws, text: str) -> bool:
-    ws.send(text)
-    return ws.recv(timeout=10) == text
 
 
 def test_database_outage_answers_503_and_recovers_without_restart(

@@ -21,6 +21,7 @@ from .conftest import (
     PACKAGE,
     PROJECT_ROOT,
     bearer_token,
+    echoes,
     log_in,
     open_socket,
     wait_until,
@@ -80,11 +81,6 @@ def address_seen_by_app(server, email: str) -> str:
     )
     assert seen, f"no socket opened by {email} in the app's log:\n{server.log()}"
     return seen[-1]
-
-
-def echoes(ws, message="ping through nginx") -> bool:
-    ws.send(message)
-    return ws.recv(timeout=5) == message
 
 
 def test_rendered_config_passes_nginx_t(proxy):
