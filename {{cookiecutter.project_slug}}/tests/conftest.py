@@ -260,10 +260,28 @@ def make_app(settings: dict) -> Flask:
         return create_app(settings)
 
 
+{%- if cookiecutter.broadcast == "redis" %}
+
+
+@pytest.fixture(scope="session")
+def app_redis_url(start_redis) -> str:
+    """A Redis apart from the test servers': a revocation of an in-process
+    app's user 1 must not reach the servers' user 1 through the chat stream."""
+    return start_redis().url
+
+
+@pytest.fixture
+def app_settings(settings, app_database_url, app_redis_url) -> dict:
+    """The test server's settings, on a database of the test's own."""
+    return {**settings, "DATABASE_URL": app_database_url, "REDIS_URL": app_redis_url}
+{%- else %}
+
+
 @pytest.fixture
 def app_settings(settings, app_database_url) -> dict:
     """The test server's settings, on a database of the test's own."""
     return {**settings, "DATABASE_URL": app_database_url}
+{%- endif %}
 
 
 @pytest.fixture
