@@ -133,12 +133,24 @@ def worker_int(worker):
     change. Close every socket with 1001 first, so clients reconnect at once;
     left alone, they would be dropped without a close frame."""
     # This runs in a greenlet, not in the hub, so it may close the sockets
-    # itself. Then it exits at once: gunicorn would pause 0.1 s first, and a
-    # run loop that ends during the pause makes the worker exit twice, the
-    # second time with a SystemExit traceback.
+    # itself. Closing yields to other greenlets, and the worker's run loop,
+    # which sees the quit too, may end meanwhile: once the worker is on its
+    # way out (worker_exit below), a second exit from here would be reported
+    # with a SystemExit traceback, so this greenlet waits for the end instead.
+    # Otherwise it exits at once, rather than after gunicorn's 0.1 s pause,
+    # during which the same could happen.
     if open_connections := app_extensions(worker).get("open_connections"):
         open_connections.close_all()
+    if getattr(worker, "exiting", False):
+        gevent.sleep(worker.cfg.graceful_timeout)
     sys.exit(0)
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#worker-exit
+def worker_exit(server, worker):
+    """The worker's main greenlet is leaving, with nothing left to yield to
+    before the process ends: see worker_int."""
+    worker.exiting = True
 {%- else %}
     """The worker quits at once: SIGINT, SIGQUIT, or `--reload` after a code
     change. Python's exit then waits for every request in progress, and a
