@@ -131,8 +131,9 @@ def prepare_metrics_folder(server):
 # https://docs.gunicorn.org/en/stable/settings.html#on-exit
 def on_exit(server):
     """The folder made at start for the metrics goes with the master."""
-    if not settings.PROMETHEUS_MULTIPROC_DIR:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder and not settings.PROMETHEUS_MULTIPROC_DIR:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # https://docs.gunicorn.org/en/stable/settings.html#child-exit
