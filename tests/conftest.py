@@ -10,6 +10,7 @@ prerequisite is a failure.
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,13 @@ def run(command, cwd, timeout=600, env=None):
         timeout=timeout,
         check=False,
     )
+
+
+def free_port():
+    """A port of 127.0.0.1 that nothing listens on at the moment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def ruff(*arguments, cwd):

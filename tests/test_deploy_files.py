@@ -9,6 +9,7 @@ The same nginx config runs for real in the generated project's own tests
 """
 
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -62,13 +63,20 @@ def compose(project):
 
 
 def load_generated_nginx_helper(project):
-    """The generated project's tests/nginx.py: one renderer for both suites."""
+    """The generated project's tests/nginx.py: one renderer for both suites.
+    Loaded as a module of the generated tests package, under a name of its own,
+    for its import of tests/processes.py."""
+    package = f"generated_tests_{next(_loaded)}"
+    tests = project / "tests"
     spec = importlib.util.spec_from_file_location(
-        f"generated_nginx_{id(project)}", project / "tests" / "nginx.py"
+        package, tests / "__init__.py", submodule_search_locations=[str(tests)]
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.modules[package] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[package])
+    return importlib.import_module(f"{package}.nginx")
+
+
+_loaded = itertools.count()
 
 
 # --- compose.yaml ---------------------------------------------------------

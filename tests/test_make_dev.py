@@ -14,7 +14,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CHOICES, TEMPLATE_DIR, require, run
+from conftest import CHOICES, TEMPLATE_DIR, free_port, require, run
 from test_generated_suite import locked_venv, reachable, run_step
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -120,12 +119,6 @@ def dev_bake(cookies_session):
         if each.postgresql:
             drop = f'DROP DATABASE IF EXISTS "{each.package}" WITH (FORCE)'
             query_postgres(each, drop)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def dev_environ(bake: Bake, **settings: str) -> dict:

@@ -22,19 +22,17 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import EACH_CHOICE_ALONE, require, run
+from conftest import EACH_CHOICE_ALONE, free_port, require, run
 from test_make_dev import (
     Bake,
     database_exists,
     dev_environ,
-    free_port,
+    get,
     make_bake,
     query_postgres,
 )
@@ -192,14 +190,6 @@ def create_user(words: list[str], walk: Walkthrough) -> None:
     created = run_as_written(words, walk, input=answers, start_new_session=True)
     assert f"created user {email}" in created.stdout
     walk.users[email] = PASSWORD
-
-
-def get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def serve(words: list[str], walk: Walkthrough) -> None:

@@ -1,5 +1,12 @@
-"""Real processes, real protocols: gunicorn from gunicorn.conf.py on a free
-port, the real `flask` commands, and real HTTP and WebSocket clients.
+"""Two kinds of test, as Flask's tutorial (flaskr) and real deployments have.
+
+In process: `app`, `client` and `runner` (app.test_client(),
+app.test_cli_runner()), each test with a database of its own, for what needs
+no socket: forms, tokens, probes, security headers, error pages, commands.
+
+Real processes, real protocols: gunicorn from gunicorn.conf.py on a free port
+(`server`, `start_server`), nginx, Redis, and real HTTP and WebSocket clients,
+for sockets, signals, capacity, limits across workers, the proxy and TLS.
 
 Tests that need something a machine may lack skip with the reason; with
 REQUIRE_ALL=1 (set by CI) they fail instead.
@@ -18,12 +25,26 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+{%- if cookiecutter.broadcast == "redis" %}
+import redis
+{%- endif %}
 import requests
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
 from websockets.sync.client import connect
+from werkzeug.security import generate_password_hash
+
+from {{ cookiecutter.package_name }} import create_app
+from {{ cookiecutter.package_name }}.auth.models import User
+from {{ cookiecutter.package_name }}.extensions import db
+
+# The test modules import these from here too (wait_until only they use).
+from .processes import free_port, stop_process, wait_until_started
+from .processes import wait_until as wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "{{ cookiecutter.package_name }}"
@@ -60,42 +81,6 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str):
-    """Poll `condition` until it is true (and return it), or fail after
-    `timeout` seconds saying `what` did not happen."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-    return result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def stop_process(process: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM, as a process manager would; SIGKILL after `timeout` seconds."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def clean_environ(**settings: str) -> dict:
     """The process environment without any of the app's settings, plus these.
 
@@ -111,9 +96,10 @@ def clean_environ(**settings: str) -> dict:
 {%- if cookiecutter.database == "postgresql" %}
 
 
-@pytest.fixture(scope="session")
-def database_url():
-    """A fresh PostgreSQL database on the server named by TEST_DATABASE_ADMIN_URL."""
+@contextlib.contextmanager
+def new_database():
+    """A fresh PostgreSQL database on the server named by TEST_DATABASE_ADMIN_URL;
+    dropped at the end."""
     import psycopg
 
     admin_url = os.environ.get(
@@ -127,14 +113,37 @@ def database_url():
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         base = admin_url.rsplit("/", 1)[0]
-        yield f"{base}/{name}"
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        try:
+            yield f"{base}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url():
+    """The database of the test servers."""
+    with new_database() as url:
+        yield url
+
+
+@pytest.fixture
+def app_database_url():
+    """The database of one test's app."""
+    with new_database() as url:
+        yield url
 {%- else %}
 
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory):
+    """The database of the test servers."""
     return f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+@pytest.fixture
+def app_database_url(tmp_path):
+    """The database of one test's app."""
+    return f"sqlite:///{tmp_path / 'app.db'}"
 {%- endif %}
 
 
@@ -162,11 +171,15 @@ class RedisServer:
         command = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port)]
         command += ["--save", "", "--appendonly", "no"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", self.port):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
+        wait_until_started(self.process, self.answers, timeout=10)
         return self
+
+    def answers(self) -> bool:
+        try:
+            with redis.Redis.from_url(self.url, socket_connect_timeout=1) as client:
+                return client.ping()
+        except redis.ConnectionError:
+            return False
 
     def stop(self) -> None:
         if self.process:
@@ -233,6 +246,124 @@ def migrated(settings) -> dict:
     return settings
 
 
+# In process, as in Flask's tutorial: the app, a client and the command runner.
+
+
+def make_app(settings: dict) -> Flask:
+    """The app with these settings and no others: the app's variables of the
+    process environment are hidden while it reads its settings."""
+    with pytest.MonkeyPatch.context() as environ:
+        for name in os.environ.keys() - clean_environ().keys():
+            environ.delenv(name)
+        return create_app(settings)
+
+
+{%- if cookiecutter.broadcast == "redis" %}
+
+
+@pytest.fixture(scope="session")
+def app_redis_url(start_redis) -> str:
+    """A Redis apart from the test servers': a revocation of an in-process
+    app's user 1 must not reach the servers' user 1 through the chat stream."""
+    return start_redis().url
+
+
+@pytest.fixture
+def app_settings(settings, app_database_url, app_redis_url) -> dict:
+    """The test server's settings, on a database of the test's own."""
+    return {**settings, "DATABASE_URL": app_database_url, "REDIS_URL": app_redis_url}
+{%- else %}
+
+
+@pytest.fixture
+def app_settings(settings, app_database_url) -> dict:
+    """The test server's settings, on a database of the test's own."""
+    return {**settings, "DATABASE_URL": app_database_url}
+{%- endif %}
+
+
+@pytest.fixture
+def app(app_settings) -> Iterator[Flask]:
+    """The app in this process, with empty tables of its own."""
+    app = make_app(app_settings)
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app) -> FlaskClient:
+    return client_of(app)
+
+
+def client_of(app: Flask) -> FlaskClient:
+    """A client that accepts any answer (`Accept: */*`), as browsers and
+    requests do; without the header, the app answers a program's 401 where
+    a person gets the login page."""
+    client = app.test_client()
+    client.environ_base["HTTP_ACCEPT"] = "*/*"
+    return client
+
+
+@pytest.fixture
+def runner(app) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+def create_user(runner: FlaskCliRunner, email: str) -> str:
+    """Create a user with the real command; returns the email."""
+    result = runner.invoke(args=["users", "create", email, "--password", PASSWORD])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"created user {email}\n"
+    return email
+
+
+@pytest.fixture(scope="session")
+def password_hash() -> str:
+    """PASSWORD's hash, made once: hashing is slow on purpose."""
+    return generate_password_hash(PASSWORD)
+
+
+@pytest.fixture
+def user(app, password_hash) -> str:
+    """The email of an account in the app's database, with PASSWORD."""
+    email = "user@example.com"
+    with app.app_context():
+        db.session.add(User(email=email, password_hash=password_hash))
+        db.session.commit()
+    return email
+
+
+class AuthActions:
+    """What a browser and an API client do with the account pages, through
+    the test client."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def submit(self, path: str, fields: dict, *, target: str | None = None):
+        """Fill in the form at `path` as a browser does: its CSRF token comes
+        from the page. Posts to `target` (default: `path`)."""
+        form = self.client.get(path)
+        data = {**fields, "csrf_token": csrf_token(form.text)}
+        return self.client.post(target or path, data=data)
+
+    def log_in(self, email: str, password: str = PASSWORD) -> None:
+        response = self.submit("/auth/login", {"email": email, "password": password})
+        assert response.status_code == 302, response.text
+
+    def token(self, email: str, password: str = PASSWORD):
+        """The response to a token request with HTTP Basic credentials."""
+        return self.client.post("/auth/token", auth=(email, password))
+
+
+@pytest.fixture
+def auth(client) -> AuthActions:
+    return AuthActions(client)
+
+
 # One worker of 4 threads (gthread) or 4 connections (gevent): 2 are kept for
 # HTTP, so it admits 2 sockets.
 SMALL_WORKER = {
@@ -273,21 +404,13 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self._wait_until_healthy()
+        wait_until_started(self.process, self._healthy, timeout=30, log=self.log)
 
-    def _wait_until_healthy(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:  # not listening, or still booting
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not answer in {timeout} s:\n{self.log()}")
+    def _healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:  # not listening, or still booting
+            return False
 
     def log(self) -> str:
         self._log.flush()
@@ -374,15 +497,18 @@ def server(start_server) -> Server:
 
 
 @pytest.fixture(scope="session")
-def make_user(migrated):
-    """Create a user with the real CLI; returns the email."""
+def server_runner(migrated) -> FlaskCliRunner:
+    """The app's commands, in process, on the test servers' database."""
+    return make_app(migrated).test_cli_runner()
+
+
+@pytest.fixture(scope="session")
+def make_user(server_runner):
+    """Create a user of the test servers with the real command; returns the email."""
 
     def make(email: str | None = None) -> str:
         email = email or f"user-{secrets.token_hex(4)}@example.com"
-        result = run_flask(migrated, "users", "create", email, "--password", PASSWORD)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == f"created user {email}"
-        return email
+        return create_user(server_runner, email)
 
     return make
 
@@ -397,9 +523,9 @@ def bob(make_user) -> str:
     return make_user("bob@example.com")
 
 
-def bearer_token(server: Server, email: str) -> str:
+def bearer_token(server: Server, email: str, password: str = PASSWORD) -> str:
     response = requests.post(
-        f"{server.url}/auth/token", auth=(email, PASSWORD), timeout=30
+        f"{server.url}/auth/token", auth=(email, password), timeout=30
     )
     assert response.status_code == 200, response.text
     return response.json()["token"]
@@ -467,6 +593,12 @@ def open_socket(
         origin=origin,
         **{"open_timeout": 10, "close_timeout": 5, "max_size": None, **options},
     )
+
+
+def echoes(ws, text: str = "ping") -> bool:
+    """Whether the echo socket `ws` sends `text` back."""
+    ws.send(text)
+    return ws.recv(timeout=10) == text
 
 
 def join_chat(*sockets) -> None:

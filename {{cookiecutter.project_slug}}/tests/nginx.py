@@ -1,7 +1,7 @@
 """nginx in front of the test gunicorn, from the very files its image holds.
 
-Self-contained (no import of conftest): the template's own tests load this
-file on its own to render the config for gixy.
+It imports no more of the tests than tests/processes.py, not conftest: the
+template's own tests load it to render the config for gixy.
 
 In a container, nginx runs the image that the Dockerfile's nginx stage builds:
 the official nginx image with deploy/nginx/nginx.conf, deploy/nginx/templates/
@@ -21,12 +21,11 @@ HTTP serves the app instead of redirecting.
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from .processes import free_port, port_open, stop_process, wait_until_started
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -147,12 +146,6 @@ def replace_once(text: str, pattern: str, replacement: str) -> str:
     if count != 1:
         raise AssertionError(f"expected one match of {pattern!r}, found {count}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def mime_types_path(nginx: str) -> str | None:
@@ -298,19 +291,12 @@ class Nginx:
             stdout=self._output,
             stderr=subprocess.STDOUT,
         )
+        wait_until_started(self.process, self._listening, timeout=10, log=self.log)
+        return self
+
+    def _listening(self) -> bool:
         ports = [port for port in (self.port, self.tls_port) if port]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited:\n{self.log()}")
-            try:
-                for port in ports:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nginx did not listen in 10 s:\n{self.log()}")
+        return all(port_open("127.0.0.1", port) for port in ports)
 
     def log(self) -> str:
         """The error log (and anything nginx printed)."""
@@ -318,13 +304,7 @@ class Nginx:
         return "".join(path.read_text() for path in parts if path.exists())
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            # SIGTERM: fast shutdown, without waiting for open sockets.
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
         if self.process:
+            # SIGTERM: fast shutdown, without waiting for open sockets.
+            stop_process(self.process, timeout=10)
             self._output.close()

@@ -1,89 +1,79 @@
-"""Accounts: the CLI, the forms (with CSRF) and bearer tokens."""
+"""Accounts: the CLI, the forms (with CSRF) and bearer tokens, in process."""
 
 import statistics
 import time
 from urllib.parse import urlencode
 
 import pytest
-import requests
 
-from .conftest import (
-    PASSWORD,
-    bearer_token,
-    csrf_token,
-    log_in,
-    run_flask,
-    submit_form,
-)
+from .conftest import PASSWORD, csrf_token
 
 
-def test_users_create_refuses_a_duplicate_with_one_line(migrated, alice):
-    result = run_flask(migrated, "users", "create", alice, "--password", PASSWORD)
-    assert result.returncode == 1
-    assert result.stderr == f"Error: a user with the email {alice} already exists\n"
+def test_users_create_refuses_a_duplicate_with_one_line(runner, user):
+    result = runner.invoke(args=["users", "create", user, "--password", PASSWORD])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: a user with the email {user} already exists\n"
 
 
-def test_users_create_refuses_a_short_password(migrated):
-    result = run_flask(
-        migrated, "users", "create", "c@example.com", "--password", "short"
+def test_users_create_refuses_a_short_password(runner):
+    result = runner.invoke(
+        args=["users", "create", "c@example.com", "--password", "short"]
     )
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert result.stderr == ("Error: the password must be at least 8 characters long\n")
 
 
-def test_users_create_prompts_for_the_password(migrated):
+def test_users_create_prompts_for_the_password(runner):
     typed = f"{PASSWORD}\n{PASSWORD}\n"
-    result = run_flask(migrated, "users", "create", "prompted@example.com", input=typed)
-    assert result.returncode == 0, result.stderr
+    result = runner.invoke(
+        args=["users", "create", "prompted@example.com"], input=typed
+    )
+    assert result.exit_code == 0, result.output
     assert result.stdout.endswith("created user prompted@example.com\n")
 
 
-def test_demo_page_redirects_anonymous_visitors_to_login(server):
-    response = requests.get(f"{server.url}/", allow_redirects=False, timeout=30)
+def test_demo_page_redirects_anonymous_visitors_to_login(client):
+    response = client.get("/")
     assert response.status_code == 302
     assert response.headers["Location"] == "/auth/login?next=/"
 
 
-def test_demo_page_has_the_contract_ids(server, alice):
-    page = log_in(server, alice).get(f"{server.url}/")
+def test_demo_page_has_the_contract_ids(client, auth, user):
+    auth.log_in(user)
+    page = client.get("/")
     assert page.status_code == 200
     for element_id in ("chat-form", "chat-input", "chat-log", "status"):
         assert f'id="{element_id}"' in page.text
 
 
-def test_register_creates_an_account_and_logs_in(server):
-    browser = requests.Session()
+def test_register_creates_an_account_and_logs_in(client, auth):
     fields = {
         "email": "New.User@Example.com",
         "password": PASSWORD,
         "confirm": PASSWORD,
     }
-    response = submit_form(browser, f"{server.url}/auth/register", fields)
+    response = auth.submit("/auth/register", fields)
     assert response.status_code == 302
-    assert browser.get(f"{server.url}/").status_code == 200
-    assert bearer_token(server, "new.user@example.com")
+    assert client.get("/").status_code == 200
+    token = auth.token("new.user@example.com")
+    assert token.status_code == 200
+    assert token.json["token"]
 
 
-def test_register_refuses_a_taken_email(server, alice):
-    fields = {"email": alice, "password": PASSWORD, "confirm": PASSWORD}
-    response = submit_form(requests.Session(), f"{server.url}/auth/register", fields)
+def test_register_refuses_a_taken_email(auth, user):
+    fields = {"email": user, "password": PASSWORD, "confirm": PASSWORD}
+    response = auth.submit("/auth/register", fields)
     assert response.status_code == 400
-    assert f"A user with the email {alice} already exists." in response.text
+    assert f"A user with the email {user} already exists." in response.text
 
 
-def test_login_without_csrf_token_is_refused(server, alice):
-    response = requests.post(
-        f"{server.url}/auth/login",
-        data={"email": alice, "password": PASSWORD},
-        allow_redirects=False,
-        timeout=30,
-    )
+def test_login_without_csrf_token_is_refused(client, user):
+    response = client.post("/auth/login", data={"email": user, "password": PASSWORD})
     assert response.status_code == 400
 
 
-def test_login_with_a_wrong_password_is_refused(server, alice):
-    fields = {"email": alice, "password": "wrong"}
-    response = submit_form(requests.Session(), f"{server.url}/auth/login", fields)
+def test_login_with_a_wrong_password_is_refused(auth, user):
+    response = auth.submit("/auth/login", {"email": user, "password": "wrong"})
     assert response.status_code == 400
     assert "Wrong email or password." in response.text
 
@@ -118,32 +108,27 @@ def test_login_with_a_wrong_password_is_refused(server, alice):
     ],
     ids=repr,
 )
-def test_login_redirects_only_to_paths_of_this_site(server, alice, next_page, location):
-    response = submit_form(
-        requests.Session(),
-        f"{server.url}/auth/login",
-        {"email": alice, "password": PASSWORD},
-        target=f"{server.url}/auth/login?{urlencode({'next': next_page})}",
+def test_login_redirects_only_to_paths_of_this_site(auth, user, next_page, location):
+    response = auth.submit(
+        "/auth/login",
+        {"email": user, "password": PASSWORD},
+        target=f"/auth/login?{urlencode({'next': next_page})}",
     )
     assert response.status_code == 302
     assert response.headers["Location"] == location
 
 
-def test_token_for_wrong_credentials_is_401_json(server, alice):
-    response = requests.post(
-        f"{server.url}/auth/token", auth=(alice, "wrong"), timeout=30
-    )
+def test_token_for_wrong_credentials_is_401_json(client, auth, user):
+    response = auth.token(user, "wrong")
     assert response.status_code == 401
-    assert response.json() == {"error": "invalid email or password"}
-    assert requests.post(f"{server.url}/auth/token", timeout=30).status_code == 401
+    assert response.json == {"error": "invalid email or password"}
+    assert client.post("/auth/token").status_code == 401
 
 
-def test_token_response_says_when_it_expires(server, alice):
-    response = requests.post(
-        f"{server.url}/auth/token", auth=(alice, PASSWORD), timeout=30
-    )
+def test_token_response_says_when_it_expires(auth, user):
+    response = auth.token(user)
     assert response.status_code == 200
-    body = response.json()
+    body = response.json
     assert set(body) == {"token", "expires_in"}
     assert body["expires_in"] == 3600
 
@@ -171,36 +156,28 @@ def median_ratio(unknown_email, wrong_password) -> float:
     return statistics.median(unknown) / statistics.median(wrong)
 
 
-def test_token_takes_as_long_for_an_unknown_email_as_for_a_wrong_password(
-    server, alice
-):
-    client = requests.Session()
-
+def test_token_takes_as_long_for_an_unknown_email_as_for_a_wrong_password(auth, user):
     def attempt(email: str):
         def post() -> None:
-            response = client.post(f"{server.url}/auth/token", auth=(email, "wrong!"))
-            assert response.status_code == 401
+            assert auth.token(email, "wrong!").status_code == 401
 
         return post
 
-    ratio = median_ratio(attempt("nobody@example.com"), attempt(alice))
+    ratio = median_ratio(attempt("nobody@example.com"), attempt(user))
     assert 0.5 <= ratio <= 2, f"an unknown email takes {ratio:.2f} times as long"
 
 
-def test_login_takes_as_long_for_an_unknown_email_as_for_a_wrong_password(
-    server, alice
-):
-    browser = requests.Session()
-    token = csrf_token(browser.get(f"{server.url}/auth/login").text)
+def test_login_takes_as_long_for_an_unknown_email_as_for_a_wrong_password(client, user):
+    token = csrf_token(client.get("/auth/login").text)
 
     def attempt(email: str):
         def post() -> None:
             fields = {"email": email, "password": "wrong!", "csrf_token": token}
-            response = browser.post(f"{server.url}/auth/login", data=fields)
+            response = client.post("/auth/login", data=fields)
             assert response.status_code == 400
             assert "Wrong email or password." in response.text
 
         return post
 
-    ratio = median_ratio(attempt("nobody@example.com"), attempt(alice))
+    ratio = median_ratio(attempt("nobody@example.com"), attempt(user))
     assert 0.5 <= ratio <= 2, f"an unknown email takes {ratio:.2f} times as long"

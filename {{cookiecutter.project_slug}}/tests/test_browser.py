@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .conftest import CALL_FAILED, PASSWORD, PROJECT_ROOT, Server, require
+from .conftest import CALL_FAILED, PASSWORD, PROJECT_ROOT, Server, require, wait_until
 {%- if cookiecutter.use_docker == "y" %}
 from .nginx import Nginx
 {%- endif %}
@@ -380,13 +380,13 @@ def test_page_from_another_origin_cannot_open_the_socket(stack, open_page, alice
     # A refused handshake reaches the page only as an error and close code 1006;
     # the browser tells Playwright the status, and the app logs it.
     assert outcome == {"opened": False, "error": True, "code": 1006}
-    deadline = time.monotonic() + 5
-    while not handshake_errors and time.monotonic() < deadline:
-        page.wait_for_timeout(100)  # lets Playwright deliver pending events
+    wait_for_events(page, lambda: handshake_errors, "the refused handshake")
     assert handshake_errors == [HANDSHAKE_REFUSED_WITH_403]
-    while refused_handshakes(stack.app, "/ws/chat", 403) == refused_before:
-        assert time.monotonic() < deadline, f"no 403 in the app log:\n{stack.app.log()}"
-        time.sleep(0.1)
+    wait_until(
+        lambda: refused_handshakes(stack.app, "/ws/chat", 403) > refused_before,
+        5,
+        "a 403 in the app log",
+    )
 
 
 # The page's Content-Security-Policy violations, as `securitypolicyviolation`

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg
@@ -27,6 +26,7 @@ from {{ cookiecutter.package_name }}.errors import MESSAGE, RETRY_AFTER_SECONDS
 from .conftest import (
     PASSWORD,
     bearer_token,
+    echoes,
     free_port,
     log_in,
     open_socket,
@@ -34,6 +34,7 @@ from .conftest import (
     run_flask,
     stop_process,
     submit_form,
+    wait_until_started,
 )
 
 # A sentence of templates/errors/unavailable.html.
@@ -119,16 +120,15 @@ class Cluster:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, **self.run_as
             )
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, f"postgres exited:\n{self.log()}"
-            try:
-                psycopg.connect(self.url("postgres"), connect_timeout=2).close()
-                return
-            except psycopg.OperationalError:
-                # Not listening yet, or "the database system is starting up".
-                assert time.monotonic() < deadline, f"postgres not ready:\n{self.log()}"
-                time.sleep(0.1)
+        wait_until_started(self.process, self.accepts, timeout=60, log=self.log)
+
+    def accepts(self) -> bool:
+        try:
+            psycopg.connect(self.url("postgres"), connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            # Not listening yet, or "the database system is starting up".
+            return False
 
     def stop(self) -> None:
         """A fast shutdown (SIGINT): open sessions are cut, as in an outage;
@@ -192,11 +192,6 @@ def assert_clean_log(server) -> None:
     log = server.log()
     assert "Traceback" not in log, log
     assert "[ERROR]" not in log, log
-
-
-def echoes(ws, text: str) -> bool:
-    ws.send(text)
-    return ws.recv(timeout=10) == text
 
 
 def test_database_outage_answers_503_and_recovers_without_restart(

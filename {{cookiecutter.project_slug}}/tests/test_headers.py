@@ -2,9 +2,8 @@
 policy and the framing, sniffing and referrer headers, with these values."""
 
 import pytest
-import requests
 
-from .conftest import log_in
+from .conftest import client_of, make_app
 
 # Written out rather than imported, so that a change to a value is a change here
 # too. tests/test_browser.py checks that the demo page works under this policy.
@@ -21,42 +20,44 @@ EXPECTED = {
 
 
 def security_headers(response) -> dict:
-    """The headers of EXPECTED's names (None for a missing one) of a requests
-    or a Flask response."""
+    """The headers of EXPECTED's names (None for a missing one) of a response."""
     return {name: response.headers.get(name) for name in EXPECTED}
 
 
-def test_demo_page_has_the_security_headers(server, alice):
-    response = log_in(server, alice).get(f"{server.url}/")
+def test_demo_page_has_the_security_headers(client, auth, user):
+    auth.log_in(user)
+    response = client.get("/")
     assert response.status_code == 200
     assert 'id="status"' in response.text
     assert security_headers(response) == EXPECTED
 
 
 @pytest.mark.parametrize("path", ["/auth/login", "/auth/register"])
-def test_account_pages_have_the_security_headers(server, path):
-    response = requests.get(f"{server.url}{path}", timeout=30)
+def test_account_pages_have_the_security_headers(client, path):
+    response = client.get(path)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/html")
     assert security_headers(response) == EXPECTED
 
 
-def test_redirect_to_the_login_page_has_the_security_headers(server):
-    response = requests.get(f"{server.url}/", allow_redirects=False, timeout=30)
+def test_redirect_to_the_login_page_has_the_security_headers(client):
+    response = client.get("/")
     assert response.status_code == 302
     assert security_headers(response) == EXPECTED
 
 
 def test_unavailable_page_has_the_security_headers(
-    start_server, server, alice, tmp_path
+    app_settings, client, auth, user, tmp_path
 ):
     """The 503 page comes from an error handler, not a view; it is a page too."""
-    browser = log_in(server, alice)
+    auth.log_in(user)
     # The same SECRET_KEY, so the session cookie holds; loading its user needs
     # a database, and this one cannot be opened.
     unreachable = tmp_path / "no-such-folder" / "app.db"
-    down = start_server(DATABASE_URL=f"sqlite:///{unreachable}")
-    response = browser.get(f"{down.url}/", allow_redirects=False)
+    down = make_app({**app_settings, "DATABASE_URL": f"sqlite:///{unreachable}"})
+    browser = client_of(down)
+    browser.set_cookie("session", client.get_cookie("session").value)
+    response = browser.get("/")
     assert response.status_code == 503
     assert response.headers["Content-Type"].startswith("text/html")
     assert security_headers(response) == EXPECTED
@@ -71,10 +72,10 @@ def test_unavailable_page_has_the_security_headers(
         ("GET", "/static/style.css", 200),
     ],
 )
-def test_other_responses_have_the_security_headers_too(server, method, path, status):
+def test_other_responses_have_the_security_headers_too(client, method, path, status):
     """JSON and static files get the same headers: nosniff matters most for
     scripts and stylesheets, and the policy does no harm where no page uses it."""
-    response = requests.request(method, f"{server.url}{path}", timeout=30)
+    response = client.open(path, method=method)
     assert response.status_code == status
     assert security_headers(response) == EXPECTED
 

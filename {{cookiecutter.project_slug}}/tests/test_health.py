@@ -1,24 +1,24 @@
 """The probes: /healthz for "the process answers", /readyz for "send traffic"."""
 
-import requests
+from .conftest import client_of, make_app
 
 
-def test_healthz_answers_200(server):
-    response = requests.get(f"{server.url}/healthz", timeout=30)
+def test_healthz_answers_200(client):
+    response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json == {"status": "ok"}
 
 
-def test_readyz_answers_200_when_the_database_answers(server):
-    response = requests.get(f"{server.url}/readyz", timeout=30)
+def test_readyz_answers_200_when_the_database_answers(client):
+    response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {
+    assert response.json == {
         "status": "ready",
         "checks": {"database": "ok", "broadcast": "ok"},
     }
 
 
-def test_readyz_answers_503_while_the_database_is_down(start_server, tmp_path):
+def test_readyz_answers_503_while_the_database_is_down(app_settings, tmp_path):
 {%- if cookiecutter.database == "postgresql" %}
     # A port where no PostgreSQL listens.
     from .conftest import free_port
@@ -27,11 +27,11 @@ def test_readyz_answers_503_while_the_database_is_down(start_server, tmp_path):
 {%- else %}
     down = f"sqlite:///{tmp_path / 'no-such-folder' / 'app.db'}"
 {%- endif %}
-    server = start_server(DATABASE_URL=down)
-    response = requests.get(f"{server.url}/readyz", timeout=30)
+    client = client_of(make_app({**app_settings, "DATABASE_URL": down}))
+    response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.json() == {
+    assert response.json == {
         "status": "unavailable",
         "checks": {"database": "unavailable", "broadcast": "ok"},
     }
-    assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200
+    assert client.get("/healthz").status_code == 200

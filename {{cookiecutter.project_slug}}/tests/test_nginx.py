@@ -17,7 +17,15 @@ import requests
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
-from .conftest import PACKAGE, PROJECT_ROOT, bearer_token, log_in, open_socket
+from .conftest import (
+    PACKAGE,
+    PROJECT_ROOT,
+    bearer_token,
+    echoes,
+    log_in,
+    open_socket,
+    wait_until,
+)
 from .nginx import (
     IMAGE_STATIC,
     STATIC,
@@ -75,11 +83,6 @@ def address_seen_by_app(server, email: str) -> str:
     return seen[-1]
 
 
-def echoes(ws, message="ping through nginx") -> bool:
-    ws.send(message)
-    return ws.recv(timeout=5) == message
-
-
 def test_rendered_config_passes_nginx_t(proxy):
     checked = proxy.test_config()
     assert checked.returncode == 0, checked.stderr
@@ -131,17 +134,14 @@ def test_app_sees_the_client_address_nginx_saw(proxy, app_behind_proxy, make_use
     assert address_seen_by_app(app_behind_proxy, email) == CLIENT_ADDRESS
 
     # nginx logs the socket when it closes; its $remote_addr is the same.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        logged = [
+    def logged() -> list[str]:
+        return [
             line.split()[0]
             for line in proxy.access_log.read_text().splitlines()
             if '"GET /ws/echo HTTP/1.1" 101' in line
         ]
-        if CLIENT_ADDRESS in logged:
-            break
-        time.sleep(0.1)
-    assert CLIENT_ADDRESS in logged
+
+    wait_until(lambda: CLIENT_ADDRESS in logged(), 5, "the socket in the access log")
 
 
 # What a load balancer that ends TLS adds to each request it passes on.

@@ -5,9 +5,10 @@ the client reads again."""
 import socket
 import struct
 import threading
-import time
 
 from {{ cookiecutter.package_name }}.realtime.outbox import Outbox
+
+from .conftest import wait_until
 
 FRAME_SIZE = 4096
 SENDERS = 8
@@ -48,13 +49,6 @@ def fill(outbox: Outbox) -> int:
     return number
 
 
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_senders_never_wait_and_every_frame_arrives_whole_and_in_order():
     server, client = connected_pair()
     outbox = Outbox(server)
@@ -76,7 +70,7 @@ def test_senders_never_wait_and_every_frame_arrives_whole_and_in_order():
     received = bytearray()
     while len(received) < total:
         received += client.recv(1 << 16)
-    wait_for(lambda: outbox.backlog == 0)
+    wait_until(lambda: outbox.backlog == 0, 30, "the backlog sent")
     next_number = [0] * SENDERS
     for offset in range(0, total, FRAME_SIZE):
         sender, number = struct.unpack_from("!HH", received, offset)
@@ -101,7 +95,7 @@ def test_abort_frees_a_writer_waiting_for_a_client_that_never_reads():
     outbox.close()  # what the socket's reader does once the abort wakes it
     assert outbox.closed.wait(10)
     writers = [t for t in threading.enumerate() if t.name.startswith("outbox")]
-    wait_for(lambda: not any(t.is_alive() for t in writers))
+    wait_until(lambda: not any(t.is_alive() for t in writers), 30, "the writers ending")
     client.close()
 
 

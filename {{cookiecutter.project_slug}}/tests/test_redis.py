@@ -67,13 +67,6 @@ def heard(ws, timeout: float = 5) -> dict:
     return message
 
 
-def eventually(condition, timeout: float = 30, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} never held in {timeout} s"
-        time.sleep(0.2)
-
-
 def test_chat_reaches_clients_on_every_worker_and_instance(start_server, alice, bob):
     first = start_server(WEB_CONCURRENCY="2")
     second = start_server(WEB_CONCURRENCY="2")
@@ -139,8 +132,10 @@ def test_redis_outage_degrades_then_recovers(start_server, start_redis, alice):
         assert heard(sender)["text"] == "before"
 
         redis_server.stop()
-        eventually(
-            lambda: requests.get(f"{server.url}/readyz", timeout=30).status_code == 503
+        wait_until(
+            lambda: requests.get(f"{server.url}/readyz", timeout=30).status_code == 503,
+            30,
+            "readyz answering 503",
         )
         assert requests.get(f"{server.url}/readyz", timeout=30).json()["checks"] == {
             "database": "ok",
@@ -156,8 +151,10 @@ def test_redis_outage_degrades_then_recovers(start_server, start_redis, alice):
         assert refused.value.response.headers["Retry-After"] == "5"
 
         start_redis(port=redis_server.port)
-        eventually(
-            lambda: requests.get(f"{server.url}/readyz", timeout=30).status_code == 200
+        wait_until(
+            lambda: requests.get(f"{server.url}/readyz", timeout=30).status_code == 200,
+            30,
+            "readyz answering 200",
         )
         say(sender, "after")
         # A worker may still be waiting out its reconnect backoff; the stream
@@ -225,9 +222,10 @@ class ChatClient:
 def chat_socket_on_a_known_worker(stack, server, token, opened: int) -> ChatClient:
     """Open a chat socket and learn from the log which worker took it."""
     ws = stack.enter_context(open_socket(server, "/ws/chat", token=token))
-    eventually(
+    wait_until(
         lambda: len(CHAT_OPENED.findall(server.log())) > opened,
-        what="the log line of the new socket",
+        30,
+        "the log line of the new socket",
     )
     return ChatClient(ws, CHAT_OPENED.findall(server.log())[-1])
 
@@ -305,17 +303,17 @@ def test_a_redis_restart_never_delivers_to_some_clients_only(
             assert not failed, f"a sender failed: {failed[0]!r}"
             return sum(1 for _, _, error in list(outcomes) if error)
 
-        eventually(lambda: sent() >= 5 * len(senders), what="chat")
+        wait_until(lambda: sent() >= 5 * len(senders), 30, "chat")
         redis_server.stop()
         # A second or two down: long enough for the workers to come back at
         # different moments, as their backoff has jitter.
-        eventually(lambda: refused() >= 15 * len(senders), what="refusals")
+        wait_until(lambda: refused() >= 15 * len(senders), 30, "refusals")
         start_redis(port=redis_server.port)
         back = time.monotonic()
-        eventually(
+        wait_until(
             lambda: sent(since=back) >= 10 * len(senders),
-            timeout=90,
-            what="chat after Redis came back",
+            90,
+            "chat after Redis came back",
         )
         stop_talking()
         assert not failed, f"a sender failed: {failed[0]!r}"
@@ -324,10 +322,11 @@ def test_a_redis_restart_never_delivers_to_some_clients_only(
         # and have made their replays: all that was sent is ahead of this in
         # the stream, and once every client has heard it nothing else is on
         # its way.
-        eventually(lambda: clients[0].tell("the end") is None, what="the end")
-        eventually(
+        wait_until(lambda: clients[0].tell("the end") is None, 30, "the end")
+        wait_until(
             lambda: all(client.heard["the end"] for client in clients),
-            what="every client hearing the end",
+            30,
+            "every client hearing the end",
         )
 
         accepted = [text for text, _, error in outcomes if not error]

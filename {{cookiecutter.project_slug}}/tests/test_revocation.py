@@ -5,7 +5,6 @@ only the browser that changed the password carries on."""
 {% if cookiecutter.broadcast == "redis" -%}
 import re
 {% endif -%}
-import secrets
 import time
 from contextlib import ExitStack
 
@@ -18,9 +17,9 @@ from {{ cookiecutter.package_name }}.realtime.revocations import RECHECK_EVERY
 from .conftest import (
     PASSWORD,
     bearer_token,
+    echoes,
     log_in,
     open_socket,
-    run_flask,
     submit_form,
 )
 
@@ -31,16 +30,6 @@ REVOKED = (1008, "credentials revoked")
 PROMPTLY = 3.0
 # The database check of every worker, for what the hub cannot carry.
 BY_THE_RECHECK = RECHECK_EVERY + 10
-
-
-def new_user(server) -> str:
-    """A user of the test's own: revoking its credentials disturbs no other
-    test. Registered through the form, which is quicker than the CLI."""
-    email = f"user-{secrets.token_hex(4)}@example.com"
-    fields = {"email": email, "password": PASSWORD, "confirm": PASSWORD}
-    response = submit_form(requests.Session(), f"{server.url}/auth/register", fields)
-    assert response.status_code == 302, response.text
-    return email
 
 
 def copy_of_cookies(browser: requests.Session) -> requests.Session:
@@ -71,11 +60,11 @@ def change_password_on_the_page(server, browser: requests.Session) -> None:
     assert response.headers["Location"] == "/"
 
 
-def set_password_with_the_cli(settings: dict, email: str) -> None:
-    result = run_flask(
-        settings, "users", "set-password", email, "--password", NEW_PASSWORD
+def set_password_with_the_cli(runner, email: str) -> None:
+    result = runner.invoke(
+        args=["users", "set-password", email, "--password", NEW_PASSWORD]
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
     assert result.stdout == f"changed the password of {email}; logged out everywhere\n"
 
 
@@ -134,21 +123,16 @@ def assert_all_revoked(sockets: list, within: float) -> None:
     assert closes == [REVOKED] * len(sockets)
 
 
-def assert_still_open(ws) -> None:
-    ws.send("still here")
-    assert ws.recv(timeout=5) == "still here"
-
-
-def test_logout_voids_the_old_cookie_for_pages_and_handshakes(server):
-    browser = log_in(server, new_user(server))
+def test_logout_voids_the_old_cookie_for_pages_and_handshakes(server, make_user):
+    browser = log_in(server, make_user())
     old_cookie = copy_of_cookies(browser)
     assert old_cookie.get(f"{server.url}/").status_code == 200
     log_out(server, browser)
     assert_locked_out(server, browser=old_cookie)
 
 
-def test_logout_voids_every_token_and_every_other_session(server):
-    email = new_user(server)
+def test_logout_voids_every_token_and_every_other_session(server, make_user):
+    email = make_user()
     token = bearer_token(server, email)
     elsewhere = log_in(server, email)
     log_out(server, log_in(server, email))
@@ -158,8 +142,8 @@ def test_logout_voids_every_token_and_every_other_session(server):
     assert handshake_status(server, browser=log_in(server, email)) == 101
 
 
-def test_logout_closes_the_sockets_opened_before_it(server, bob):
-    email = new_user(server)
+def test_logout_closes_the_sockets_opened_before_it(server, bob, make_user):
+    email = make_user()
     browser = log_in(server, email)
     with ExitStack() as stack:
         sockets = open_sockets(stack, server, browser, bearer_token(server, email))
@@ -167,14 +151,16 @@ def test_logout_closes_the_sockets_opened_before_it(server, bob):
             open_socket(server, "/ws/echo", token=bearer_token(server, bob))
         )
         for ws in sockets[:2]:
-            assert_still_open(ws)
+            assert echoes(ws)
         log_out(server, browser)
         assert_all_revoked(sockets, within=PROMPTLY)
-        assert_still_open(others)
+        assert echoes(others)
 
 
-def test_changing_the_password_keeps_this_browser_and_revokes_the_rest(server):
-    email = new_user(server)
+def test_changing_the_password_keeps_this_browser_and_revokes_the_rest(
+    server, make_user
+):
+    email = make_user()
     changer = log_in(server, email)
     elsewhere = log_in(server, email)
     token = bearer_token(server, email)
@@ -188,18 +174,11 @@ def test_changing_the_password_keeps_this_browser_and_revokes_the_rest(server):
     assert page.status_code == 200
     assert "Your password is changed" in page.text
     with open_socket(server, "/ws/echo", browser=changer) as ws:
-        assert_still_open(ws)
+        assert echoes(ws)
     old = requests.post(f"{server.url}/auth/token", auth=(email, PASSWORD), timeout=30)
     assert old.status_code == 401
-    assert handshake_status(server, token=bearer_token_with(server, email)) == 101
-
-
-def bearer_token_with(server, email: str, password: str = NEW_PASSWORD) -> str:
-    response = requests.post(
-        f"{server.url}/auth/token", auth=(email, password), timeout=30
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["token"]
+    new_token = bearer_token(server, email, NEW_PASSWORD)
+    assert handshake_status(server, token=new_token) == 101
 
 
 @pytest.mark.parametrize(
@@ -220,8 +199,8 @@ def bearer_token_with(server, email: str, password: str = NEW_PASSWORD) -> str:
     ],
     ids=["wrong current password", "too short", "not repeated"],
 )
-def test_password_page_refuses_and_revokes_nothing(server, fields, error):
-    email = new_user(server)
+def test_password_page_refuses_and_revokes_nothing(server, fields, error, make_user):
+    email = make_user()
     browser = log_in(server, email)
     token = bearer_token(server, email)
     filled = {
@@ -238,26 +217,27 @@ def test_password_page_refuses_and_revokes_nothing(server, fields, error):
     assert bearer_token(server, email)
 
 
-def test_password_page_needs_a_login(server):
-    response = requests.get(
-        f"{server.url}/auth/password", allow_redirects=False, timeout=30
-    )
+def test_password_page_needs_a_login(client):
+    response = client.get("/auth/password")
     assert response.status_code == 302
     assert response.headers["Location"] == "/auth/login?next=/auth/password"
 
 
-def test_the_header_links_to_the_password_page(server):
-    page = log_in(server, new_user(server)).get(f"{server.url}/")
+def test_the_header_links_to_the_password_page(client, auth, user):
+    auth.log_in(user)
+    page = client.get("/")
     assert '<a href="/auth/password">Change password</a>' in page.text
 
 
-def test_users_set_password_revokes_sessions_tokens_and_sockets(server, migrated):
-    email = new_user(server)
+def test_users_set_password_revokes_sessions_tokens_and_sockets(
+    server, server_runner, make_user
+):
+    email = make_user()
     browser = log_in(server, email)
     token = bearer_token(server, email)
     with ExitStack() as stack:
         sockets = open_sockets(stack, server, browser, token)
-        set_password_with_the_cli(migrated, email)
+        set_password_with_the_cli(server_runner, email)
 {%- if cookiecutter.broadcast == "redis" %}
         # The command adds the revocation to the Redis stream, like the app.
         assert_all_revoked(sockets, within=PROMPTLY)
@@ -270,33 +250,34 @@ def test_users_set_password_revokes_sessions_tokens_and_sockets(server, migrated
     assert handshake_status(server, browser=log_in(server, email, NEW_PASSWORD)) == 101
 
 
-def test_users_set_password_prompts_for_the_password(server, migrated):
-    email = new_user(server)
+def test_users_set_password_prompts_for_the_password(runner, auth, user):
     typed = f"{NEW_PASSWORD}\n{NEW_PASSWORD}\n"
-    result = run_flask(migrated, "users", "set-password", email, input=typed)
-    assert result.returncode == 0, result.stderr
+    result = runner.invoke(args=["users", "set-password", user], input=typed)
+    assert result.exit_code == 0, result.output
     assert result.stdout.endswith(
-        f"changed the password of {email}; logged out everywhere\n"
+        f"changed the password of {user}; logged out everywhere\n"
     )
-    assert bearer_token_with(server, email)
+    assert auth.token(user, NEW_PASSWORD).status_code == 200
 
 
-def test_users_set_password_refuses_an_unknown_email_with_one_line(migrated):
+def test_users_set_password_refuses_an_unknown_email_with_one_line(runner):
     email = "Nobody@Example.com"
-    result = run_flask(
-        migrated, "users", "set-password", email, "--password", NEW_PASSWORD
+    result = runner.invoke(
+        args=["users", "set-password", email, "--password", NEW_PASSWORD]
     )
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert result.stderr == "Error: no user has the email nobody@example.com\n"
 
 
 def test_users_set_password_refuses_a_short_password_and_revokes_nothing(
-    server, migrated
+    server, server_runner, make_user
 ):
-    email = new_user(server)
+    email = make_user()
     token = bearer_token(server, email)
-    result = run_flask(migrated, "users", "set-password", email, "--password", "short")
-    assert result.returncode == 1
+    result = server_runner.invoke(
+        args=["users", "set-password", email, "--password", "short"]
+    )
+    assert result.exit_code == 1
     assert result.stderr == "Error: the password must be at least 8 characters long\n"
     assert handshake_status(server, token=token) == 101
 {%- if cookiecutter.broadcast == "redis" %}
@@ -329,10 +310,10 @@ def sockets_on_every_worker(stack: ExitStack, server, email: str) -> list:
 
 @pytest.mark.parametrize("how", ["logout", "password page", "users set-password"])
 def test_revocations_close_sockets_on_every_worker_and_instance(
-    instances, migrated, how
+    instances, server_runner, how, make_user
 ):
     first, second = instances
-    email = new_user(first)
+    email = make_user()
     with ExitStack() as stack:
         sockets = sockets_on_every_worker(stack, first, email)
         sockets += sockets_on_every_worker(stack, second, email)
@@ -341,18 +322,18 @@ def test_revocations_close_sockets_on_every_worker_and_instance(
         elif how == "password page":
             change_password_on_the_page(first, log_in(first, email))
         else:
-            set_password_with_the_cli(migrated, email)
+            set_password_with_the_cli(server_runner, email)
         assert_all_revoked(sockets, within=PROMPTLY)
 
 
 def test_a_revocation_while_redis_is_away_still_closes_every_socket(
-    start_server, start_redis
+    start_server, start_redis, make_user
 ):
     redis_server = start_redis()
     server = start_server(
         REDIS_URL=redis_server.url, WEB_CONCURRENCY="2", **MANY_SOCKETS
     )
-    email = new_user(server)
+    email = make_user()
     with ExitStack() as stack:
         sockets = sockets_on_every_worker(stack, server, email)
         browser = log_in(server, email)
