@@ -15,8 +15,6 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from {{ cookiecutter.package_name }} import create_app
-
 from .conftest import bearer_token, join_chat, open_socket, wait_until
 
 TWO_WORKERS = {
@@ -270,11 +268,11 @@ def test_a_dead_workers_sockets_stop_counting(start_server, alice):
         metric_becomes(server, "websocket_capacity", 2 * SOCKETS_PER_WORKER)
 
 
-def test_metrics_answer_outside_gunicorn(settings):
-    """flask run and in-process tests: one process, its own values."""
-    app = create_app(settings)
-    response = app.test_client().get("/metrics")
+def test_metrics_answer_outside_gunicorn(app, client):
+    """flask run and the in-process tests: one process, which counts its own."""
+    response = client.get("/metrics")
     assert response.status_code == 200
-    assert "websocket_handshakes_total" in response.text
-    assert "websocket_capacity " in response.text
-    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    assert response.content_type.startswith("text/plain")
+    capacity = float(app.config["WEBSOCKETS_PER_WORKER"])
+    assert f"\nwebsocket_capacity {capacity}\n" in response.text
+    assert 'websocket_handshakes_total{outcome="accepted"}' in response.text

@@ -272,9 +272,9 @@ def websocket_handler(handler):
         )
         registry = open_connections()
         registry.add(connection)
+        current_app.extensions["credential_check"].start()
         open_now = metrics.WEBSOCKET_CONNECTIONS.labels(route)
         open_now.inc()
-        current_app.extensions["credential_check"].start()
         try:
             handler(connection, *args, **kwargs)
         except ConnectionClosed:
