@@ -14,11 +14,15 @@ values. The mode is chosen when prometheus-client is first imported, from the
 environment: gunicorn.conf.py sets the variable before any worker imports it.
 https://prometheus.github.io/client_python/multiprocess/
 
-An update costs a lock and a write to a memory-mapped file, about a
-microsecond; a message counts one, a chat delivery one histogram observation.
+An update is a lock and a write to a memory-mapped file: about 1.5 µs for a
+counter, 7 µs for a histogram observation (measured on a busy 2-core
+machine). A message costs one counter update; a chat delivery one more
+observation per socket.
 """
 
 import os
+import struct
+import time
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app
@@ -92,21 +96,31 @@ OUTCOMES = (
     OVER_CAPACITY,
     UNAVAILABLE,
 )
+# A worker that starts or exits while a scrape reads the folder can leave a
+# file there that is new and still empty, or gone between the listing and the
+# reading; prometheus-client then fails (struct.error, FileNotFoundError). It
+# lasts microseconds: read again, a few times.
+READ_ATTEMPTS = 5
+
 # Each outcome's counter, bound once; the others are bound where they count.
 HANDSHAKES = {outcome: WEBSOCKET_HANDSHAKES.labels(outcome) for outcome in OUTCOMES}
 
 bp = Blueprint("metrics", __name__)
 
 
-def init_app(app: Flask) -> None:
+def check_mode() -> None:
+    """Fail when this module was imported before gunicorn.conf.py named the
+    folder (gunicorn's master loaded the app: --preload): every worker would
+    count on its own, and /metrics would show one of them."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != MULTIPROC_DIR:
-        # This module was imported before gunicorn.conf.py named the folder
-        # (gunicorn's master imported it, under --preload say): every worker
-        # would count on its own, and /metrics would show one of them.
         raise RuntimeError(
             "prometheus-client was imported before PROMETHEUS_MULTIPROC_DIR was "
-            "set; gunicorn's master must not import the app (no --preload)"
+            "set; gunicorn's master must not load the app (no --preload)"
         )
+
+
+def init_app(app: Flask) -> None:
+    check_mode()
     if MULTIPROC_DIR:
         # Reads every worker's files at each scrape.
         registry = CollectorRegistry()
@@ -126,5 +140,15 @@ def metrics():
     a proxy in front must refuse it.
 {%- endif %}
     """
+    # Here too: under --preload the app was built before the folder was named.
+    check_mode()
     registry = current_app.extensions["metrics_registry"]
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            text = generate_latest(registry)
+            break
+        except (struct.error, OSError):
+            if attempt == READ_ATTEMPTS:
+                raise
+            time.sleep(0.01 * attempt)
+    return Response(text, content_type=CONTENT_TYPE_LATEST)
