@@ -268,6 +268,24 @@ def test_a_dead_workers_sockets_stop_counting(start_server, alice):
         metric_becomes(server, "websocket_capacity", 2 * SOCKETS_PER_WORKER)
 
 
+def test_a_named_folder_is_created_and_emptied_at_start(start_server, tmp_path):
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    # A file of an earlier run; unreadable, it would fail every scrape.
+    (stale / "counter_1.db").write_bytes(b"x")
+    new = tmp_path / "new" / "metrics"
+    for folder in (stale, new):
+        server = start_server(**TWO_WORKERS, PROMETHEUS_MULTIPROC_DIR=str(folder))
+        both_workers_booted(server)
+        names = {path.name for path in folder.iterdir()}
+        assert "counter_1.db" not in names
+        live = {f"gauge_livesum_{pid}.db" for pid in server.worker_pids()}
+        assert live <= names, names
+        server.stop()
+        # Named by the setting: kept for the next start, which empties it.
+        assert folder.is_dir()
+
+
 def test_metrics_answer_outside_gunicorn(app, client):
     """flask run and the in-process tests: one process, which counts its own."""
     response = client.get("/metrics")
