@@ -123,16 +123,18 @@ def prepare_metrics_folder(server):
             stale.unlink()
     else:
         # One of its own, so that several gunicorns on one host (instances
-        # side by side, the test suite) never mix their counts.
+        # side by side, the test suite) never mix their counts. Remembered on
+        # the master itself: a reload (SIGHUP) reads this file and the
+        # settings again, and then finds the variable set.
         folder = Path(tempfile.mkdtemp(prefix="{{ cookiecutter.package_name }}-metrics-"))
+        server.metrics_folder_made = folder
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 # https://docs.gunicorn.org/en/stable/settings.html#on-exit
 def on_exit(server):
     """The folder made at start for the metrics goes with the master."""
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder and not settings.PROMETHEUS_MULTIPROC_DIR:
+    if folder := getattr(server, "metrics_folder_made", None):
         shutil.rmtree(folder, ignore_errors=True)
 
 

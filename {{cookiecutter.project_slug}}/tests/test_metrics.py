@@ -8,14 +8,16 @@ import json
 import os
 import re
 import signal
+import tempfile
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from .conftest import bearer_token, join_chat, open_socket, wait_until
+from .conftest import PACKAGE, bearer_token, join_chat, open_socket, wait_until
 
 TWO_WORKERS = {
     "WEB_CONCURRENCY": "2",
@@ -284,6 +286,23 @@ def test_a_named_folder_is_created_and_emptied_at_start(start_server, tmp_path):
         server.stop()
         # Named by the setting: kept for the next start, which empties it.
         assert folder.is_dir()
+
+
+def test_the_folder_made_at_start_goes_when_gunicorn_stops(start_server):
+    def made() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob(f"{PACKAGE}-metrics-*"))
+
+    before = made()
+    server = start_server()
+    (folder,) = made() - before
+    # A reload reads gunicorn.conf.py and the settings again: the folder is
+    # still the one made at start, and still goes at the end.
+    server.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "Hang up: Master" in server.log(), 15, "the reload")
+    metric_becomes(server, "websocket_connections", 0, route=ECHO)
+    assert made() - before == {folder}
+    server.stop()
+    assert not folder.exists()
 
 
 def test_metrics_answer_outside_gunicorn(app, client):
