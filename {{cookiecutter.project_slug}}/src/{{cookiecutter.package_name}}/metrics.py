@@ -96,16 +96,16 @@ OUTCOMES = (
     OVER_CAPACITY,
     UNAVAILABLE,
 )
+# Each outcome's counter, bound once; the others are bound where they count.
+HANDSHAKES = {outcome: WEBSOCKET_HANDSHAKES.labels(outcome) for outcome in OUTCOMES}
+
+bp = Blueprint("metrics", __name__)
+
 # A worker that starts or exits while a scrape reads the folder can leave a
 # file there that is new and still empty, or gone between the listing and the
 # reading; prometheus-client then fails (struct.error, FileNotFoundError). It
 # lasts microseconds: read again, a few times.
 READ_ATTEMPTS = 5
-
-# Each outcome's counter, bound once; the others are bound where they count.
-HANDSHAKES = {outcome: WEBSOCKET_HANDSHAKES.labels(outcome) for outcome in OUTCOMES}
-
-bp = Blueprint("metrics", __name__)
 
 
 def check_mode() -> None:
