@@ -60,6 +60,7 @@ DEPENDENCY_NAMES = frozenset(
         "pip",
         "playwright",
         "pluggy",
+        "prometheus_client",
         "psycopg",
         "psycopg2",
         "psycopg_binary",

@@ -127,7 +127,7 @@ def settings_fixed_for_the_stack(context, secrets=None):
 def test_compose_has_the_services_the_answers_ask_for(baked, answers):
     result = baked(**answers)
     services = compose(result.project_path)["services"]
-    expected = {"nginx", "migrate", "app"}
+    expected = {"nginx", "migrate", "app", "prometheus"}
     if result.context["database"] == "postgresql":
         expected.add("db")
     if result.context["broadcast"] == "redis":
@@ -137,13 +137,15 @@ def test_compose_has_the_services_the_answers_ask_for(baked, answers):
 
 @pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
 def test_only_nginx_is_published(baked, answers):
+    """Beyond the host; Prometheus, which has no login, on its loopback only."""
     services = compose(baked(**answers).project_path)["services"]
     assert services["nginx"]["ports"] == [
         "${HTTP_PORT:-8080}:80",
         "${HTTPS_PORT:-8443}:443",
     ]
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
     published = [name for name, service in services.items() if "ports" in service]
-    assert published == ["nginx"]
+    assert published == ["nginx", "prometheus"]
 
 
 def test_nginx_mounts_only_the_certificates_and_acme_and_gets_the_https_port(baked):
@@ -233,7 +235,8 @@ def test_every_dependency_is_waited_for_and_only_migrate_stays_stopped(baked, an
             else:
                 assert "healthcheck" in services[dependency], dependency
     assert set(services["nginx"]["depends_on"]) == {"app"}
-    backing = set(services) - {"nginx", "migrate", "app"}
+    assert set(services["prometheus"]["depends_on"]) == {"app"}
+    backing = set(services) - {"nginx", "migrate", "app", "prometheus"}
     assert set(services["app"]["depends_on"]) == {"migrate"} | backing
     assert set(services["migrate"].get("depends_on", {})) == backing & {"db"}
 
@@ -787,3 +790,71 @@ def test_without_docker_the_nginx_tests_go_with_the_nginx_config(baked):
 def test_with_docker_the_nginx_tests_are_kept(baked):
     tests = baked().project_path / "tests"
     assert [name for name in NGINX_TESTS if not (tests / name).exists()] == []
+
+
+# --- Prometheus (the optional service) --------------------------------------
+
+
+def prometheus_config(project):
+    return project / "deploy" / "prometheus" / "prometheus.yml"
+
+
+@pytest.mark.parametrize("answers", DEPLOYMENT_ANSWERS)
+def test_prometheus_is_optional_and_reads_the_shipped_scrape_config(baked, answers):
+    project = baked(**answers).project_path
+    prometheus = compose(project)["services"]["prometheus"]
+    # Off unless `--profile metrics` asks for it.
+    assert prometheus["profiles"] == ["metrics"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"])
+    assert prometheus["volumes"] == [
+        "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
+        "prometheus-data:/prometheus",
+    ]
+    assert prometheus_config(project).is_file()
+
+
+def test_prometheus_scrapes_metrics_of_every_app_container_on_the_app_port(baked):
+    project = baked().project_path
+    config = yaml.safe_load(prometheus_config(project).read_text())
+    (job,) = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    (lookup,) = job["dns_sd_configs"]
+    # Each replica of `app`, on config.py's default PORT.
+    assert lookup == {"names": ["app"], "type": "A", "port": 8000}
+    default_port = re.search(
+        r"^\| `PORT` \| `(\d+)` \|", (project / "README.md").read_text(), re.M
+    ).group(1)
+    assert lookup["port"] == int(default_port)
+
+
+def test_promtool_accepts_the_prometheus_config(baked):
+    promtool = tool("promtool")
+    require(
+        promtool is not None,
+        "promtool is not installed (Debian: apt-get install prometheus)",
+    )
+    config = prometheus_config(baked().project_path)
+    checked = run([promtool, "check", "config", str(config)], cwd=config.parent)
+    assert checked.returncode == 0, checked.stdout
+    assert "SUCCESS" in checked.stdout
+
+
+def test_nginx_refuses_metrics(baked):
+    project = baked().project_path
+    locations = load_generated_nginx_helper(project).render_templates()[
+        "app/locations.conf"
+    ]
+    assert re.search(r"location = /metrics \{\s*return 404;\s*\}", locations)
+
+
+def test_without_docker_nothing_of_prometheus_is_left(baked):
+    """The app keeps /metrics; the service, its config and their docs go."""
+    project = baked(use_docker="n").project_path
+    files = [path for path in project.rglob("*") if path.is_file()]
+    assert [path for path in files if "prometheus" in path.name] == []
+    assert not (project / "deploy").exists()
+    for path in files:
+        if path.suffix in {".md", ".py", ".toml", ".yaml", ".yml", ".example"}:
+            text = path.read_text()
+            for trace in ("deploy/prometheus", "--profile metrics", "prom/prometheus"):
+                assert trace not in text, f"{trace} in {path.relative_to(project)}"

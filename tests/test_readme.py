@@ -6,7 +6,8 @@ by name. Each shell command must match commands(), which runs it on a real
 bake with its locked venv, as a reader with that venv activated would,
 against a gunicorn started as the README starts it; or NOT_RUN_HERE, which
 says why it cannot run here and what proves it instead. Each Python block must match
-PYTHON_BLOCKS. Anything else fails: teach this file to run it, or say why it
+PYTHON_BLOCKS, and each YAML block (a Prometheus scrape configuration)
+YAML_BLOCKS. Anything else fails: teach this file to run it, or say why it
 cannot.
 
 The fast test reads the docs of every choice, with nothing to install. The
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +310,33 @@ PYTHON_BLOCKS: dict[str, Callable] = {
 }
 
 
+def check_scrape_config(text: str, walk: Walkthrough) -> None:
+    """Prometheus's scrape configuration: promtool accepts it, and its target,
+    pointed at the test server, answers /metrics."""
+    assert walk.server, "the docs show a scrape before they show how to serve"
+    assert f'"{README_ADDRESS}"' in text, (
+        f"the scrape no longer targets {README_ADDRESS}"
+    )
+    address = walk.server_url.removeprefix("http://")
+    config = walk.log_dir / "prometheus.yml"
+    config.write_text(text.replace(README_ADDRESS, address))
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        walk.missing.append("promtool is not installed: the scrape configuration")
+    else:
+        checked = run([promtool, "check", "config", str(config)], cwd=walk.log_dir)
+        assert checked.returncode == 0, checked.stdout
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+        assert response.status == 200
+        assert b"websocket_connections" in response.read()
+
+
+YAML_BLOCKS: dict[str, Callable] = {
+    # Recognised by its first key.
+    "scrape_configs:": check_scrape_config,
+}
+
+
 def manual(project: Path) -> list[Path]:
     """README.md, then every file of docs/ by name: the order they run in."""
     return [project / "README.md", *sorted((project / "docs").glob("*.md"))]
@@ -353,9 +382,10 @@ def steps(
                         plan.append((what, None, NOT_RUN_HERE[prefix]))
                     else:
                         plan.append((what, "unknown", None))
-            elif language == "python":
-                marks = [mark for mark in PYTHON_BLOCKS if mark in text]
-                action = PYTHON_BLOCKS[marks[0]] if marks else "unknown"
+            elif language in ("python", "yaml"):
+                blocks = PYTHON_BLOCKS if language == "python" else YAML_BLOCKS
+                marks = [mark for mark in blocks if mark in text]
+                action = blocks[marks[0]] if marks else "unknown"
                 plan.append((f"{where}: {text.splitlines()[0]}", action, text))
             else:
                 plan.append((f"{where}: ```{language}", "unknown", None))

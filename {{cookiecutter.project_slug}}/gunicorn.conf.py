@@ -6,11 +6,17 @@ https://docs.gunicorn.org/en/stable/settings.html
 """
 
 import os
+import shutil
 import signal
+{%- if cookiecutter.worker_class == "gevent" %}
+import sys
+{%- endif %}
+import tempfile
 {%- if cookiecutter.worker_class == "gthread" %}
 import threading
-{%- else %}
-import sys
+{%- endif %}
+from pathlib import Path
+{%- if cookiecutter.worker_class == "gevent" %}
 
 import gevent
 {%- endif %}
@@ -86,6 +92,70 @@ errorlog = "-"
 forwarded_allow_ips = (
     ",".join(settings.FORWARDED_ALLOW_IPS) if settings.TRUSTED_PROXY_COUNT else ""
 )
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#on-starting
+def on_starting(server):
+    """In the master, before the first worker starts."""
+    prepare_metrics_folder(server)
+{%- if cookiecutter.broadcast == "memory" %}
+    if server.cfg.workers > 1:
+        server.log.warning(
+            "broadcast = memory with %d workers: a chat message reaches only the "
+            "clients of the worker that received it; run one worker, or generate "
+            "the project with broadcast = redis",
+            server.cfg.workers,
+        )
+{%- endif %}
+
+
+def prepare_metrics_folder(server):
+    """/metrics adds up every worker's values: prometheus-client, in its
+    multiprocess mode, keeps each worker's in files of one folder
+    (src/{{ cookiecutter.package_name }}/metrics.py). Create it, empty it of an earlier run's, and
+    name it in PROMETHEUS_MULTIPROC_DIR for the workers: prometheus-client
+    chooses that mode from this variable when a worker first imports it.
+    https://prometheus.github.io/client_python/multiprocess/"""
+    if settings.PROMETHEUS_MULTIPROC_DIR:
+        folder = Path(settings.PROMETHEUS_MULTIPROC_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    else:
+        # One of its own, so that several gunicorns on one host (instances
+        # side by side, the test suite) never mix their counts. Remembered on
+        # the master itself: a reload (SIGHUP) reads this file and the
+        # settings again, and then finds the variable set.
+        folder = Path(tempfile.mkdtemp(prefix="{{ cookiecutter.package_name }}-metrics-"))
+        server.metrics_folder_made = folder
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#on-exit
+def on_exit(server):
+    """The folder made at start for the metrics goes with the master."""
+    if folder := getattr(server, "metrics_folder_made", None):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#child-exit
+def child_exit(server, worker):
+    """A worker that exited (or crashed) holds no sockets any more."""
+    # Its share of the gauges of open sockets and capacity stops counting;
+    # its counters still count, as Prometheus expects of a counter.
+    # Imported here: in the master, only once the folder is chosen.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+{%- if cookiecutter.broadcast == "redis" %}
+    # Nor against WS_MAX_SOCKETS_PER_USER, at once.
+    from {{ cookiecutter.package_name }}.realtime.redis_user_sockets import forget_worker
+
+    try:
+        forget_worker(settings.REDIS_URL, worker.pid)
+    except Exception as error:  # Redis down: its count expires on its own
+        server.log.warning("could not forget worker %s in Redis: %s", worker.pid, error)
+{%- endif %}
 
 
 # https://docs.gunicorn.org/en/stable/settings.html#post-worker-init
@@ -182,30 +252,3 @@ def app_extensions(worker) -> dict:
     # Under --reload, an app that fails to import (a syntax error) is replaced
     # by gunicorn's error page, which has no extensions and no sockets.
     return getattr(worker.wsgi, "extensions", {})
-{%- if cookiecutter.broadcast == "redis" %}
-
-
-# https://docs.gunicorn.org/en/stable/settings.html#child-exit
-def child_exit(server, worker):
-    """A worker that exited (or crashed) holds no sockets any more: stop
-    counting them against WS_MAX_SOCKETS_PER_USER at once."""
-    from {{ cookiecutter.package_name }}.realtime.redis_user_sockets import forget_worker
-
-    try:
-        forget_worker(settings.REDIS_URL, worker.pid)
-    except Exception as error:  # Redis down: its count expires on its own
-        server.log.warning("could not forget worker %s in Redis: %s", worker.pid, error)
-{%- endif %}
-{%- if cookiecutter.broadcast == "memory" %}
-
-
-# https://docs.gunicorn.org/en/stable/settings.html#on-starting
-def on_starting(server):
-    if server.cfg.workers > 1:
-        server.log.warning(
-            "broadcast = memory with %d workers: a chat message reaches only the "
-            "clients of the worker that received it; run one worker, or generate "
-            "the project with broadcast = redis",
-            server.cfg.workers,
-        )
-{%- endif %}

@@ -179,6 +179,7 @@ ANY_VALUE = [
 {%- endif %}
     "ALLOWED_ORIGINS",
     "HOST",
+    "PROMETHEUS_MULTIPROC_DIR",
 ]
 
 

@@ -343,3 +343,20 @@ def test_nginx_answers_429_itself_past_its_limit_on_auth(start_nginx, app_behind
     # Someone else, and the same client elsewhere than /auth/, are served.
     assert get_from("127.0.0.3", edge, ["/auth/login"])[0][0] == 200
     assert get_from(CLIENT_ADDRESS, edge, ["/healthz"])[0][0] == 200
+
+
+def test_metrics_are_refused_through_nginx_but_answer_on_the_app(
+    proxy, app_behind_proxy
+):
+    """Whatever the spelling of the path, nginx answers 404 for /metrics and
+    the app never sees the request; the app's own port answers it."""
+    paths = ["/metrics", "/metrics?format=text", "//metrics", "/%6Detrics"]
+    answers = get_from(CLIENT_ADDRESS, proxy, paths)
+    assert [status for status, _ in answers] == [404] * len(paths)
+    for _, body in answers:
+        assert "<center>nginx</center>" in body
+        assert "websocket_" not in body
+    assert not re.search(r'"GET /[/%]?(metrics|6Detrics)', app_behind_proxy.log())
+    direct = requests.get(f"{app_behind_proxy.url}/metrics", timeout=10)
+    assert direct.status_code == 200
+    assert "websocket_connections" in direct.text

@@ -54,9 +54,10 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from . import auth, health, pages, realtime
+    from . import auth, health, metrics, pages, realtime
 
     app.register_blueprint(health.bp)
+    metrics.init_app(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(pages.bp)
     realtime.init_app(app)

@@ -160,6 +160,9 @@ class Settings(BaseSettings):
 {%- else %}
     GUNICORN_THREADS: Count = 100
 {%- endif %}
+    # The variable prometheus-client reads. Empty: gunicorn.conf.py makes a
+    # folder of its own in the system's temporary folder for each start.
+    PROMETHEUS_MULTIPROC_DIR: str = ""
 
     @field_validator("SECRET_KEY")
     @classmethod

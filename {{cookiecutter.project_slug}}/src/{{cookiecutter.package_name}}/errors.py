@@ -11,7 +11,6 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import exc
 
 from .extensions import db
-from .realtime.session import is_websocket
 
 # Long enough not to hammer a database that is restarting, short enough that
 # clients come back soon after it does (a restart or failover takes seconds).
@@ -51,6 +50,11 @@ def database_unavailable(error: exc.SQLAlchemyError) -> ResponseReturnValue:
 def wants_json() -> bool:
     """Programs get JSON: token requests, WebSocket handshakes, and clients
     that authenticate by header or ask for JSON. Browsers get the page."""
+    # Imported here, not with the module: gunicorn's master imports this
+    # package, and must not import prometheus-client (which the realtime
+    # package does) before gunicorn.conf.py has chosen its folder.
+    from .realtime.session import is_websocket
+
     if request.endpoint == "auth.token" or is_websocket(request):
         return True
     if request.headers.get("Authorization"):

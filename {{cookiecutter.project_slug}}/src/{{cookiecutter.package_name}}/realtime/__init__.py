@@ -36,6 +36,7 @@ this project uses.
 
 from flask import Flask
 
+from .. import metrics
 from .connections import OpenConnections, websocket_reader
 from .guards import before_websocket_handshake, release_places
 {%- if cookiecutter.broadcast == "redis" %}
@@ -64,6 +65,8 @@ def init_app(app: Flask) -> None:
     connections = app.extensions["open_connections"] = OpenConnections(
         app.config["WEBSOCKETS_PER_WORKER"]
     )
+    # Each worker's share; /metrics adds up the workers alive.
+    metrics.WEBSOCKET_CAPACITY.set(connections.capacity)
     # Both ways a revocation reaches this worker close the user's sockets here.
     close_revoked = closer(connections, app.logger)
     hub.on_revoke(close_revoked)

@@ -12,11 +12,14 @@ from flask import current_app, request
 from flask_login import current_user
 from simple_websocket import ConnectionClosed
 
+from .. import metrics
 from .outbox import Outbox
 
 # https://www.rfc-editor.org/rfc/rfc6455#section-7.4.1
 NORMAL_CLOSURE = 1000
 GOING_AWAY = 1001
+# Not sent: the connection ended without a closing handshake.
+ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 SHUTTING_DOWN = "server shutting down"
@@ -79,8 +82,10 @@ class Connection:
         *,
         user_id: int,
         credential_version: int,
+        route: str,
     ) -> None:
         self.user = user
+        self.route = route
         # Whose socket it is and under which credential version it was
         # opened: a revocation closes the user's sockets opened before it.
         self.user_id = user_id
@@ -90,10 +95,15 @@ class Connection:
         self._lock = threading.Lock()
         self._send_queue_limit = send_queue_limit
         self._logger = logger
+        # Bound once: counting a message is then one increment.
+        self._received = metrics.WEBSOCKET_MESSAGES.labels(route, "in")
+        self._sent = metrics.WEBSOCKET_MESSAGES.labels(route, "out")
 
     def receive(self) -> str | bytes:
         """The next message; raises ConnectionClosed once the socket closes."""
-        return self._ws.receive()
+        message = self._ws.receive()
+        self._received.inc()
+        return message
 
     def send(self, data: str | bytes) -> None:
         with self._lock:
@@ -101,15 +111,20 @@ class Connection:
                 self._ws.send(data)
             except OSError:
                 self._outbox.abort()
-                raise ConnectionClosed(1006, "connection lost") from None
+                raise ConnectionClosed(ABNORMAL_CLOSURE, "connection lost") from None
+            self._sent.inc()
             if self._outbox.backlog > self._send_queue_limit:
                 self._close_too_slow()
                 raise ConnectionClosed(POLICY_VIOLATION, "too slow")
 
-    def deliver(self, data: str | bytes) -> None:
-        """`send` for the hub: a socket that is gone is not the sender's problem."""
-        with suppress(ConnectionClosed):
+    def deliver(self, data: str | bytes) -> bool:
+        """`send` for the hub: a socket that is gone is not the sender's
+        problem. True when the message was written (or queued) for the client."""
+        try:
             self.send(data)
+        except ConnectionClosed:
+            return False
+        return True
 
     def close(self, code: int, reason: str) -> None:
         with self._lock, suppress(ConnectionClosed, OSError):
@@ -117,17 +132,19 @@ class Connection:
         # receive() waits for the client otherwise; the handler can end now.
         self._ws.event.set()
 
-    def finish(self) -> None:
+    def finish(self) -> int:
         """The handler is done: close the socket if it is open, give the client
         CLOSE_TIMEOUT seconds to read what is queued and answer, then cut it.
 
         Everything is over when this returns, so gunicorn has nothing left to
-        wait for and the slot can be given back.
+        wait for and the slot can be given back. Returns the close code: that
+        of the closing handshake, whichever side began it, or 1006 without one.
         """
         self.close(NORMAL_CLOSURE, "")
         if not self._outbox.closed.wait(CLOSE_TIMEOUT):
             self._outbox.abort()
             self._outbox.closed.wait(CLOSE_TIMEOUT)
+        return self._outbox.close_code or ABNORMAL_CLOSURE
 
     def _close_too_slow(self) -> None:
         behind = self._outbox.backlog
@@ -234,14 +251,16 @@ def websocket_handler(handler):
     """Run `handler(connection)` for an accepted socket.
 
     The connection is counted for the shutdown close and for revocations
-    (revocations.py). A handler that fails closes its socket with 1011 and
-    logs the traceback, instead of writing an HTTP 500 onto a connection that
-    already speaks WebSocket. Whatever ends the socket, it is closed and done
-    with when this returns.
+    (revocations.py), and in the metrics (../metrics.py). A handler that fails
+    closes its socket with 1011 and logs the traceback, instead of writing an
+    HTTP 500 onto a connection that already speaks WebSocket. Whatever ends
+    the socket, it is closed and done with when this returns.
     """
 
     @wraps(handler)
     def run(ws, *args, **kwargs):
+        # The route as declared (/ws/echo), not the path: one series per route.
+        route = request.url_rule.rule
         connection = Connection(
             ws,
             user=current_user.email,
@@ -249,10 +268,13 @@ def websocket_handler(handler):
             logger=current_app.logger,
             user_id=current_user.id,
             credential_version=current_user.credential_version,
+            route=route,
         )
         registry = open_connections()
         registry.add(connection)
         current_app.extensions["credential_check"].start()
+        open_now = metrics.WEBSOCKET_CONNECTIONS.labels(route)
+        open_now.inc()
         try:
             handler(connection, *args, **kwargs)
         except ConnectionClosed:
@@ -264,6 +286,8 @@ def websocket_handler(handler):
             connection.close(INTERNAL_ERROR, "internal error")
         finally:
             registry.discard(connection)
-            connection.finish()
+            code = connection.finish()
+            open_now.dec()
+            metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
 
     return run

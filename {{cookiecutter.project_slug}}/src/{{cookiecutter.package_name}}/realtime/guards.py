@@ -13,6 +13,7 @@ places), so a handshake there is refused with 500 and an error in the log.
 from flask import Blueprint, current_app, g, jsonify, request
 from flask_login import current_user, login_required
 
+from .. import metrics
 from ..extensions import db, sock
 from .connections import open_connections, websocket_handler
 from .session import make_session_read_only
@@ -69,8 +70,10 @@ def admit_by_origin_login_and_room():
     both counts until its request ends (`release_places`), and its session is
     read-only from here on (session.py)."""
     if not origin_is_allowed():
+        metrics.HANDSHAKES[metrics.FORBIDDEN_ORIGIN].inc()
         return jsonify(error="origin not allowed"), 403
     if not current_user.is_authenticated:
+        metrics.HANDSHAKES[metrics.UNAUTHENTICATED].inc()
         return (
             jsonify(error="authentication required"),
             401,
@@ -80,8 +83,10 @@ def admit_by_origin_login_and_room():
         admitted = user_sockets().acquire(current_user.id)
     except UserSocketsUnavailable as error:
         current_app.logger.warning("refusing a WebSocket: %s", error)
+        metrics.HANDSHAKES[metrics.UNAVAILABLE].inc()
         return refusal("the service is unavailable; retry later", 503)
     if not admitted:
+        metrics.HANDSHAKES[metrics.OVER_USER_LIMIT].inc()
         return refusal(
             f"you hold {user_sockets().limit} WebSockets already; close one first",
             429,
@@ -90,8 +95,10 @@ def admit_by_origin_login_and_room():
     if not open_connections().reserve():
         # Refuse at once: a socket admitted beyond the worker's capacity would
         # wait for a free thread, and the health checks behind it too.
+        metrics.HANDSHAKES[metrics.OVER_CAPACITY].inc()
         return refusal("no room for another WebSocket; retry later", 503)
     g.websocket_slot = True
+    metrics.HANDSHAKES[metrics.ACCEPTED].inc()
     # The user is loaded; give the database connection back to the pool now
     # rather than holding it for as long as the socket stays open.
     db.session.close()

@@ -2,7 +2,8 @@
 
 A handler subscribes a `deliver` function for its socket and publishes what
 its client says; the hub calls every subscriber's `deliver` with the message
-serialized once.
+serialized once, and observes in `chat_delivery_seconds` (../metrics.py) how
+long after its publication each socket got it.
 
 Here are the interface, `Hub`, and `MemoryHub`, which reaches the sockets of
 this process only.
@@ -19,12 +20,16 @@ they are not chat subscribers.
 
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from flask import current_app
 
-Deliver = Callable[[str], None]
+from .. import metrics
+
+# Writes a message to one socket; False when the socket is gone.
+Deliver = Callable[[str], bool]
 # (user id, credential version): close the user's sockets opened under an
 # older version.
 Revoke = Callable[[int, int], None]
@@ -72,14 +77,17 @@ class MemoryHub:
         return unsubscribe
 
     def publish(self, message: Mapping) -> None:
-        self.publish_payload(json.dumps(message))
+        self.publish_payload(json.dumps(message), published_at=time.time())
 
-    def publish_payload(self, payload: str) -> None:
-        """Deliver an already serialized message."""
+    def publish_payload(self, payload: str, published_at: float) -> None:
+        """Deliver an already serialized message, published at `published_at`
+        (seconds since the epoch: it may come from another host)."""
         with self._lock:
             subscribers = list(self._subscribers)
+        observe = metrics.CHAT_DELIVERY.observe
         for deliver in subscribers:
-            deliver(payload)
+            if deliver(payload):
+                observe(time.time() - published_at)
 
     def check(self) -> None:
         return None

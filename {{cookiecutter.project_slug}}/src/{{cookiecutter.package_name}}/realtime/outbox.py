@@ -13,6 +13,11 @@ at once as far as the kernel takes it; the rest waits in this socket's queue,
 and a writer of its own (a thread, a greenlet under gevent) sends it as the
 client reads. `backlog` says how far the client is behind; `Connection` closes
 it with 1008 when that passes WS_SEND_QUEUE_LIMIT.
+
+Since every frame passes here, so does the close frame, whoever decided on it
+(a handler, the shutdown, simple-websocket refusing a message too big, or the
+answer to the client's own close): `close_code` keeps its code for the
+metrics.
 """
 
 import selectors
@@ -33,6 +38,7 @@ class Outbox:
         "_aborted",
         "backlog",
         "closed",
+        "close_code",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -49,6 +55,8 @@ class Outbox:
         self.backlog = 0
         # Set once the socket is closed: written out, or given up on.
         self.closed = threading.Event()
+        # The code of the first close frame sent, once one is.
+        self.close_code: int | None = None
 
     # --- the socket interface simple-websocket uses -------------------------
 
@@ -63,6 +71,8 @@ class Outbox:
         with self._lock:
             if self._aborted or self._reader_done:
                 raise BrokenPipeError("the WebSocket is closed")
+            if self.close_code is None:
+                self.close_code = close_code(frame)
             if self._writing:
                 self._queue.append(memoryview(frame))
                 self.backlog += len(frame)
@@ -162,6 +172,33 @@ class Outbox:
         with suppress(OSError):
             self._sock.close()
         self.closed.set()
+
+
+CLOSE = 0x8
+# A close frame without a code: https://www.rfc-editor.org/rfc/rfc6455#section-7.1.5
+NO_STATUS_RECEIVED = 1005
+
+
+def close_code(data: bytes) -> int | None:
+    """The code of the first close frame among the whole frames in `data`, as
+    a server writes them (unmasked); None when there is none.
+    https://www.rfc-editor.org/rfc/rfc6455#section-5.2"""
+    at = 0
+    while at + 2 <= len(data):
+        opcode, size = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if size == 126:
+            size = int.from_bytes(data[at : at + 2], "big")
+            at += 2
+        elif size == 127:
+            size = int.from_bytes(data[at : at + 8], "big")
+            at += 8
+        if opcode == CLOSE:
+            if size < 2:
+                return NO_STATUS_RECEIVED
+            return int.from_bytes(data[at : at + 2], "big")
+        at += size
+    return None
 
 
 def send_without_waiting(sock: socket.socket, data: bytes | memoryview) -> int:

@@ -110,7 +110,13 @@ class RedisHub:
         # that is reconnecting, so there is nothing to refuse.
         if not self._positioned.is_set():
             raise HubUnavailable(NOT_SENT)
-        entry = {"id": uuid.uuid4().hex, "message": json.dumps(message)}
+        entry = {
+            "id": uuid.uuid4().hex,
+            "message": json.dumps(message),
+            # For chat_delivery_seconds: from here to each socket, whichever
+            # worker holds it.
+            "published": repr(time.time()),
+        }
         try:
             self._append(entry)
         except redis.RedisError as error:
@@ -276,7 +282,8 @@ class RedisHub:
                 revocation = json.loads(fields[b"revoke"])
                 self._local.revoke(revocation["user"], revocation["version"])
             else:
-                self._local.publish_payload(fields[b"message"].decode())
+                published_at = float(fields.get(b"published", time.time()))
+                self._local.publish_payload(fields[b"message"].decode(), published_at)
         except Exception:
             # One entry or socket that fails must not stop this worker's chat.
             self._logger.exception("handling an entry of the chat stream failed")
