@@ -158,6 +158,22 @@ def child_exit(server, worker):
 {%- endif %}
 
 
+# https://docs.gunicorn.org/en/stable/settings.html#post-fork
+def post_fork(server, worker):
+    """Until gunicorn sets the worker's own signal handlers, the worker has the
+    master's, which only queue the signal for a master that is not there: a
+    stop while the worker boots would be lost, and gunicorn would wait
+    `graceful_timeout` before it kills the worker. Leave at once instead: the
+    worker holds nothing yet, and the master's SIGQUIT that follows a Ctrl-C
+    would cut into a slower exit."""
+
+    def stop_while_booting(signum, frame):
+        os._exit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, stop_while_booting)
+
+
 # https://docs.gunicorn.org/en/stable/settings.html#post-worker-init
 def post_worker_init(worker):
     """Close every open socket with 1001 "going away" when the worker is told
@@ -250,5 +266,6 @@ def close_open_sockets(worker):
 
 def app_extensions(worker) -> dict:
     # Under --reload, an app that fails to import (a syntax error) is replaced
-    # by gunicorn's error page, which has no extensions and no sockets.
-    return getattr(worker.wsgi, "extensions", {})
+    # by gunicorn's error page, which has no extensions and no sockets; a
+    # worker stopped while it boots has no app yet.
+    return getattr(getattr(worker, "wsgi", None), "extensions", {})

@@ -6,11 +6,20 @@ import signal
 import subprocess
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import bearer_token, open_socket, wait_until
+from .conftest import (
+    BIN,
+    PROJECT_ROOT,
+    bearer_token,
+    clean_environ,
+    open_socket,
+    wait_until,
+)
+from .processes import free_port, stop_process
 
 GRACEFUL_TIMEOUT = 30  # gunicorn.conf.py
 # What gunicorn's log says when a worker fails on its way out, or is killed
@@ -104,3 +113,40 @@ def test_ctrl_c_closes_every_open_socket_with_1001_and_stops_at_once(
     assert time.monotonic() - interrupted < 10, server.log()
     assert exit_code == 0, server.log()
     assert_no_trouble(server.log())
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_a_stop_while_the_workers_boot_is_not_lost(migrated, tmp_path, how):
+    """Until gunicorn gives a worker its own signal handlers, the worker has
+    the master's, which would drop the signal: the master would then wait
+    graceful_timeout (30 s) before killing it."""
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
+            cwd=PROJECT_ROOT,
+            env=clean_environ(**migrated, PORT=str(free_port()), WEB_CONCURRENCY="2"),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # Forked, and loading the app: the moment a deploy may stop it.
+        wait_until(
+            lambda: log.read_text().count("Booting worker with pid") == 2,
+            30,
+            "two workers boot",
+        )
+        if how == "sigterm":
+            process.send_signal(signal.SIGTERM)
+        else:
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            workers = [int(pid) for pid in children.read_text().split()]
+            for pid in [process.pid, *workers]:
+                os.kill(pid, signal.SIGINT)
+        stopped = time.monotonic()
+        exit_code = process.wait(timeout=GRACEFUL_TIMEOUT + 10)
+        assert time.monotonic() - stopped < 10, log.read_text()
+        assert exit_code == 0, log.read_text()
+        assert_no_trouble(log.read_text())
+    finally:
+        stop_process(process, timeout=10)
