@@ -364,16 +364,21 @@ def auth(client) -> AuthActions:
     return AuthActions(client)
 
 
-# One worker of 4 threads (gthread) or 4 connections (gevent): 2 are kept for
-# HTTP, so it admits 2 sockets.
-SMALL_WORKER = {
-    "WEB_CONCURRENCY": "1",
+def workers(count: int, concurrency: int) -> dict:
+    """Settings for `count` workers that each serve `concurrency` requests at
+    once (threads or connections, by the worker class)."""
+    return {
+        "WEB_CONCURRENCY": str(count),
 {%- if cookiecutter.worker_class == "gevent" %}
-    "GUNICORN_WORKER_CONNECTIONS": "4",
+        "GUNICORN_WORKER_CONNECTIONS": str(concurrency),
 {%- else %}
-    "GUNICORN_THREADS": "4",
+        "GUNICORN_THREADS": str(concurrency),
 {%- endif %}
-}
+    }
+
+
+# One worker of 4: 2 are kept for HTTP, so it admits 2 sockets.
+SMALL_WORKER = workers(1, 4)
 SMALL_WORKER_SOCKETS = 2
 
 

@@ -17,27 +17,20 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from .conftest import PACKAGE, bearer_token, join_chat, open_socket, wait_until
+from .conftest import (
+    PACKAGE,
+    bearer_token,
+    join_chat,
+    open_socket,
+    wait_until,
+    workers,
+)
 
-TWO_WORKERS = {
-    "WEB_CONCURRENCY": "2",
-{%- if cookiecutter.worker_class == "gevent" %}
-    "GUNICORN_WORKER_CONNECTIONS": "40",
-{%- else %}
-    "GUNICORN_THREADS": "40",
-{%- endif %}
-}
+TWO_WORKERS = workers(2, 40)
 # Each worker keeps a tenth of 40 for HTTP.
 SOCKETS_PER_WORKER = 36
 # Two of 4 are kept for HTTP: 2 sockets a worker, 4 for both.
-SMALL_WORKERS = {
-    "WEB_CONCURRENCY": "2",
-{%- if cookiecutter.worker_class == "gevent" %}
-    "GUNICORN_WORKER_CONNECTIONS": "4",
-{%- else %}
-    "GUNICORN_THREADS": "4",
-{%- endif %}
-}
+SMALL_WORKERS = workers(2, 4)
 ECHO = "/ws/echo"
 CHAT = "/ws/chat"
 
