@@ -14,6 +14,12 @@ AFTER_THE_CLOSE = 20
 # Bytes the workers may grow by while the flood lasts: the slow client's queue
 # is bounded by WS_SEND_QUEUE_LIMIT, whatever the flood.
 MEMORY_BOUND = 64 * 1024 * 1024
+# The longest a message may take to reach the reader that keeps up. Were
+# delivery held up by the slow client, it would stop until the slow client is
+# closed, and since only a queue that fills up closes it, a delivery that waited
+# on it would never come. What the reader does see is the scheduling of a busy
+# machine: a second or more on a loaded 2-core CI runner, not the stall.
+NOBODY_WAITS = 5.0
 
 
 def test_a_chat_client_that_stops_reading_is_closed_and_delays_no_one(
@@ -80,7 +86,7 @@ def test_a_chat_client_that_stops_reading_is_closed_and_delays_no_one(
     print(f"closed after {closed_at} messages of {number}")
     assert sorted(arrived_at) == list(range(number))
     slowest = max(arrived_at[n] - sent_at[n] for n in range(number))
-    assert slowest < 1.0, f"a message took {slowest:.2f} s to reach a reader"
+    assert slowest < NOBODY_WAITS, f"a message took {slowest:.2f} s to reach a reader"
     assert memory_after - memory_before < MEMORY_BOUND
 
     # The slow client gets what reached its buffers, then 1008.
