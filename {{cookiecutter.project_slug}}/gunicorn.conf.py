@@ -5,6 +5,7 @@ a `--bind` or other flag on the command line wins over this file.
 https://docs.gunicorn.org/en/stable/settings.html
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -16,15 +17,27 @@ import tempfile
 import threading
 {%- endif %}
 from pathlib import Path
-{%- if cookiecutter.worker_class == "gevent" %}
 
+{% if cookiecutter.worker_class == "gevent" -%}
 import gevent
-{%- endif %}
+{% endif -%}
+from gunicorn.glogging import Logger
 
-from {{ cookiecutter.package_name }}.config import Settings
+from {{ cookiecutter.package_name }} import logs
+from {{ cookiecutter.package_name }}.config import ConfigError, Settings
 
+# The log format first, so that every line is written in it: what reading the
+# settings says (a missing SECRET_KEY), gunicorn's startup, the app, libraries.
+log_format = Settings.log_format_from_env()
+logs.configure_process(log_format)
 # Stops here, with one line, when a setting is missing or wrong (SECRET_KEY...).
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+except ConfigError as error:
+    if log_format != "json":
+        raise
+    logging.getLogger("gunicorn.error").critical(error.message)
+    raise SystemExit(1) from None
 # Without SECRET_KEY (outside production) the settings hold a random key: hand
 # it to the workers, or each would sign cookies and tokens with its own.
 os.environ.setdefault("SECRET_KEY", settings.SECRET_KEY)
@@ -84,6 +97,29 @@ control_socket_disable = True
 # https://docs.gunicorn.org/en/stable/settings.html#accesslog
 accesslog = "-"
 errorlog = "-"
+
+
+class ServiceLogger(Logger):
+    """gunicorn's logs in LOG_FORMAT (logs.py): its error log, which the app's
+    lines share, and its access log. The root logger, where libraries' lines
+    go, writes through the error log too."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(logs.formatter(settings.LOG_FORMAT))
+        if settings.LOG_FORMAT == "json":
+            for handler in self.access_log.handlers:
+                handler.setFormatter(logs.JsonFormatter())
+        logging.getLogger().handlers = list(self.error_log.handlers)
+
+
+# https://docs.gunicorn.org/en/stable/settings.html#logger-class
+logger_class = ServiceLogger
+# Apache's combined format, then the request id (logs.py); with json, the
+# access line's fields come from the same values.
+# https://docs.gunicorn.org/en/stable/settings.html#access-log-format
+access_log_format = logs.ACCESS_TEXT_FORMAT
 
 # Peers whose X-Forwarded-Proto sets the request's scheme: none unless the app
 # is behind a proxy (TRUSTED_PROXY_COUNT), then FORWARDED_ALLOW_IPS. The app's

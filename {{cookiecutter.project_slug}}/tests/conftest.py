@@ -40,6 +40,7 @@ from werkzeug.security import generate_password_hash
 
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.auth.models import User
+from {{ cookiecutter.package_name }}.config import Settings
 from {{ cookiecutter.package_name }}.extensions import db
 
 # The test modules import these from here too (wait_until only they use).
@@ -86,9 +87,10 @@ def clean_environ(**settings: str) -> dict:
 
     The tests decide every setting; nothing leaks in from the shell or `.env`.
     """
-    from {{ cookiecutter.package_name }}.config import Settings
-
     environ = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
+    # Text, whatever APP_ENV says: the tests read the lines. test_logs.py
+    # checks json, and the default.
+    environ["LOG_FORMAT"] = "text"
     environ.update(settings)
     return environ
 
@@ -253,8 +255,8 @@ def make_app(settings: dict) -> Flask:
     """The app with these settings and no others: the app's variables of the
     process environment are hidden while it reads its settings."""
     with pytest.MonkeyPatch.context() as environ:
-        for name in os.environ.keys() - clean_environ().keys():
-            environ.delenv(name)
+        for name in Settings.model_fields:
+            environ.delenv(name, raising=False)
         return create_app(settings)
 
 

@@ -1,6 +1,7 @@
 """Settings: a missing secret or a wrong value stops the service with one
 line, every setting is documented, and cookies are locked down."""
 
+import json
 import re
 import secrets
 import subprocess
@@ -75,6 +76,16 @@ def test_a_missing_key_outside_production_is_random_and_said(start_server):
     keys = {Settings.from_env({"APP_ENV": "development"}).SECRET_KEY for _ in "ab"}
     assert len(keys) == 2
     assert all(len(key) >= 32 for key in keys)
+
+
+def test_in_production_the_refusal_is_a_json_line_unless_told_otherwise(tmp_path):
+    # LOG_FORMAT empty: by APP_ENV, json in production (test_logs.py, the rest).
+    result = start_gunicorn(tmp_path, APP_ENV="production", LOG_FORMAT="")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    refusal = json.loads(line)
+    assert refusal["level"] == "CRITICAL"
+    assert refusal["message"] == f"SECRET_KEY is not set; {HINT}"
 
 
 def test_flask_command_refuses_too(tmp_path):
@@ -170,6 +181,7 @@ WRONG_VALUES = {
 {%- else %}
     "GUNICORN_THREADS": ("0", "GUNICORN_THREADS must be at least 1, got 0"),
 {%- endif %}
+    "LOG_FORMAT": ("xml", "LOG_FORMAT is 'xml'; use one of text, json"),
 }
 # Any text is taken: a URL is checked when it is used, by /readyz.
 ANY_VALUE = [

@@ -1,6 +1,7 @@
 """A chat client that stops reading is closed with 1008; nobody else waits."""
 
 import json
+import re
 import threading
 import time
 
@@ -103,6 +104,12 @@ def test_a_chat_client_that_stops_reading_is_closed_and_delays_no_one(
         and "bytes behind, more than WS_SEND_QUEUE_LIMIT (1048576)" in log
     )
     assert "Traceback" not in log
+    # Written by the thread that delivered the chat, not by bob's own, the
+    # line still names the request of bob's socket.
+    opened = re.search(rf"opened by {re.escape(bob)} from \S+ \[request (\w+)\]", log)
+    too_slow = re.search(r"with 1008: .* \[request (\w+)\]$", log, re.M)
+    assert opened and too_slow, log
+    assert too_slow.group(1) == opened.group(1)
 
     # Its place is given back: bob may chat again.
     with open_socket(server, "/ws/chat", token=bearer_token(server, bob)) as again:

@@ -1,11 +1,11 @@
 """The application factory: `create_app()` builds the app from the settings."""
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from flask import Flask
 
+from . import logs
 from .config import Settings
 from .errors import register_error_handlers
 from .extensions import csrf, db, limiter, login_manager, migrate, sock
@@ -25,7 +25,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(settings.flask_config(app.instance_path))
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-    configure_logging(app)
+    # First: every request gets its id before any other hook may log.
+    logs.init_app(app)
 
     register_extensions(app)
     register_blueprints(app)
@@ -34,14 +35,6 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     register_security_headers(app)
     trust_forwarded_headers(app)
     return app
-
-
-def configure_logging(app: Flask) -> None:
-    # Under gunicorn, log through its error log so that both share one stream.
-    gunicorn_logger = logging.getLogger("gunicorn.error")
-    if gunicorn_logger.handlers:
-        app.logger.handlers = gunicorn_logger.handlers
-        app.logger.setLevel(gunicorn_logger.level)
 
 
 def register_extensions(app: Flask) -> None:

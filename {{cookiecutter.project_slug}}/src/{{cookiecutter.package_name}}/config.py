@@ -48,6 +48,13 @@ class ConfigError(SystemExit):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"error: {message}")
+        self.message = message
+
+
+def default_log_format(app_env: str | None) -> str:
+    """What a production server's logs are read by is a log collector; a
+    developer reads a terminal."""
+    return "json" if app_env == "production" else "text"
 
 
 def wrong(message: str, given: object) -> PydanticCustomError:
@@ -105,6 +112,7 @@ def psycopg_url(value: str | None) -> str | None:
 
 
 Count = Annotated[int, Field(ge=1)]
+LogFormat = Literal["text", "json"]
 Rate = Annotated[str, AfterValidator(rate)]
 # NoDecode: a comma list, not the JSON that pydantic-settings expects by default.
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(comma_list)]
@@ -163,6 +171,9 @@ class Settings(BaseSettings):
     # The variable prometheus-client reads. Empty: gunicorn.conf.py makes a
     # folder of its own in the system's temporary folder for each start.
     PROMETHEUS_MULTIPROC_DIR: str = ""
+    # text: gunicorn's lines, for a terminal; json: one object per line, for a
+    # log collector. Empty: json in production, text otherwise (logs.py).
+    LOG_FORMAT: Annotated[LogFormat, Field(validate_default=True)] = ""
 
     @field_validator("SECRET_KEY")
     @classmethod
@@ -202,6 +213,29 @@ class Settings(BaseSettings):
             return cls(_env_file=None, **config)
         except ValidationError as error:
             raise ConfigError(one_line(error)) from None
+
+    @field_validator("LOG_FORMAT", mode="before")
+    @classmethod
+    def log_format(cls, value: str, info: ValidationInfo) -> str:
+        return value or default_log_format(info.data.get("APP_ENV"))
+
+    @classmethod
+    def log_format_from_env(cls) -> str:
+        """LOG_FORMAT alone, read before the other settings so that what
+        reading them says is written in it; text while it is wrong (and
+        `from_env` says so)."""
+
+        class Early(BaseSettings):
+            model_config = cls.model_config
+            APP_ENV: str = "production"
+            LOG_FORMAT: str = ""
+
+        try:
+            early = Early()
+        except ValidationError:
+            return "text"
+        log_format = early.LOG_FORMAT or default_log_format(early.APP_ENV)
+        return log_format if log_format in get_args(LogFormat) else "text"
 
     @property
     def websockets_per_worker(self) -> int:

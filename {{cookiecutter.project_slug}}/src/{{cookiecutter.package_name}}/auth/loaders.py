@@ -7,6 +7,7 @@ loads no user, so the request is treated as anonymous.
 
 from flask import jsonify, redirect, request, url_for
 
+from .. import logs
 from ..extensions import db, login_manager
 from .models import User
 from .tokens import token_holder
@@ -37,6 +38,7 @@ def user_at_version(user_id: int, version: int) -> User | None:
     user = db.session.get(User, user_id)
     if user is None or user.credential_version != version:
         return None
+    logs.note_user(user.id)
     return user
 
 

@@ -8,7 +8,7 @@ from contextlib import suppress
 from functools import wraps
 from logging import Logger
 
-from flask import current_app, request
+from flask import current_app, g, request
 from flask_login import current_user
 from simple_websocket import ConnectionClosed
 
@@ -83,9 +83,13 @@ class Connection:
         user_id: int,
         credential_version: int,
         route: str,
+        request_id: str | None = None,
     ) -> None:
         self.user = user
         self.route = route
+        # On its lines written from other threads (a chat delivery), which
+        # are not in this socket's request (../logs.py).
+        self.log_fields = {"request_id": request_id, "user": user_id, "route": route}
         # Whose socket it is and under which credential version it was
         # opened: a revocation closes the user's sockets opened before it.
         self.user_id = user_id
@@ -155,6 +159,7 @@ class Connection:
             self.user,
             behind,
             self._send_queue_limit,
+            extra=self.log_fields,
         )
         with suppress(ConnectionClosed, OSError):
             self._ws.close(reason=POLICY_VIOLATION, message="too slow to read")
@@ -269,12 +274,14 @@ def websocket_handler(handler):
             user_id=current_user.id,
             credential_version=current_user.credential_version,
             route=route,
+            request_id=g.get("request_id"),
         )
         registry = open_connections()
         registry.add(connection)
         current_app.extensions["credential_check"].start()
         open_now = metrics.WEBSOCKET_CONNECTIONS.labels(route)
         open_now.inc()
+        opened_at = time.monotonic()
         try:
             handler(connection, *args, **kwargs)
         except ConnectionClosed:
@@ -289,5 +296,14 @@ def websocket_handler(handler):
             code = connection.finish()
             open_now.dec()
             metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
+            duration = time.monotonic() - opened_at
+            current_app.logger.info(
+                "WebSocket %s of %s closed with %d after %.1f s",
+                request.path,
+                connection.user,
+                code,
+                duration,
+                extra={"close_code": code, "duration": round(duration, 3)},
+            )
 
     return run
