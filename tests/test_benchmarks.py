@@ -1,5 +1,7 @@
-"""benchmarks/loadtest.py, the client benchmarks/run.py measures with, run
-small against a bake's real gunicorn, with the bake's python as run.py does.
+"""benchmarks/loadtest.py and benchmarks/fanout.py, the clients
+benchmarks/run.py measures with, and benchmarks/service_metrics.py, which they
+read the service's GET /metrics with: run small against a bake's real gunicorn,
+with the bake's python as run.py does.
 
 A generated project has a short tool of its own (scripts/loadtest.py), which
 its own suite tests; this is the template's fuller one.
@@ -23,6 +25,8 @@ from conftest import TEMPLATE_DIR, require, run
 from test_generated_suite import locked_venv, run_step
 
 LOADTEST = TEMPLATE_DIR / "benchmarks" / "loadtest.py"
+FANOUT = TEMPLATE_DIR / "benchmarks" / "fanout.py"
+SERVICE_METRICS = TEMPLATE_DIR / "benchmarks" / "service_metrics.py"
 PASSWORD = "benchmark password"  # noqa: S105 (a throwaway account's)
 SETTINGS = {
     "APP_ENV": "testing",
@@ -61,6 +65,10 @@ class Server:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
 
     def worker_pids(self) -> list[int]:
         pid = self.process.pid
@@ -245,3 +253,89 @@ def test_a_server_match_that_fits_one_master_measures_it_and_its_workers(
     assert status == 0, report
     assert report["server"]["processes"] == 1 + len(server.worker_pids())
     assert report["server"]["same_processes"] is True
+
+
+@pytest.mark.slow
+def test_loadtest_reads_the_services_count_of_what_it_saw(
+    bench_bake, start_server, tmp_path
+):
+    """The refusals the client sees as 503, /metrics names: over_capacity."""
+    small = start_server(**SMALL_WORKER)
+    status, report = run_loadtest(
+        bench_bake,
+        small,
+        *("-n", "5", "--hold", "0", "--concurrency", "1"),
+        *("--metrics-url", small.metrics_url),
+        tmp_path=tmp_path,
+    )
+    assert status == 1
+    assert report["failures"] == {"HTTP 503": 3}
+    assert report["service_metrics"] == {
+        "url": small.metrics_url,
+        "capacity": 2.0,
+        "route": "/ws/echo",
+        "connections": 2.0,
+        "handshakes": {
+            "accepted": 2.0,
+            "unauthenticated": 0.0,
+            "forbidden_origin": 0.0,
+            "over_user_limit": 0.0,
+            "over_capacity": 3.0,
+            "unavailable": 0.0,
+        },
+    }
+
+
+@pytest.mark.slow
+def test_a_metrics_url_that_cannot_be_read_is_refused_before_any_socket(
+    bench_bake, start_server
+):
+    server = start_server()
+    wrong = f"http://127.0.0.1:{server.port}/no-metrics-here"
+    result = refusal(bench_bake, server, "--metrics-url", wrong)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"error: cannot read {wrong}: HTTP Error 404: NOT FOUND\n")
+    # Not one handshake reached the server.
+    figures = subprocess.run(
+        [bench_bake.bin("python"), str(SERVICE_METRICS), server.metrics_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(figures.stdout)["handshakes"] == {
+        "accepted": 0.0,
+        "unauthenticated": 0.0,
+        "forbidden_origin": 0.0,
+        "over_user_limit": 0.0,
+        "over_capacity": 0.0,
+        "unavailable": 0.0,
+    }
+
+
+@pytest.mark.slow
+def test_fanout_reads_the_services_delivery_time(bench_bake, start_server, tmp_path):
+    # broadcast = memory: one worker, so that every socket hears the chat.
+    server = start_server(WEB_CONCURRENCY="1")
+    token = requests.post(
+        f"http://127.0.0.1:{server.port}/auth/token",
+        auth=("bench@example.com", PASSWORD),
+        timeout=10,
+    ).json()["token"]
+    report_path = tmp_path / "fanout.json"
+    result = run(
+        [bench_bake.bin("python"), str(FANOUT), f"{server.ws_url}/ws/chat"]
+        + ["-n", "3", "--messages", "2", "--token", token]
+        + ["--metrics-url", server.metrics_url, "--json", str(report_path)],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["reached_min"] == 3
+    figures = report["service_metrics"]
+    # Three subscribers and the sender, two messages each.
+    assert (figures["connections"], figures["expected"]) == (4.0, 8)
+    assert figures["deliveries"] == 8.0
+    assert figures["buckets"]["+Inf"] == 8.0
+    assert figures["seconds"] > 0
