@@ -198,14 +198,18 @@ def bucket_bound(delivery: dict, share: float) -> str:
     count = delivery.get("deliveries") or 0
     if not count:
         return "–"
-    bounds = sorted(delivery["buckets"].items(), key=lambda item: float(item[0]))
-    finite = [float(bound) for bound, _ in bounds if math.isfinite(float(bound))]
+    bounds = sorted((float(bound), n) for bound, n in delivery["buckets"].items())
+    finite = [bound for bound, _ in bounds if math.isfinite(bound)]
     for bound, counted in bounds:
         if counted >= share * count:
-            if math.isfinite(float(bound)):
-                return f"≤ {float(bound) * 1000:g} ms"
+            if math.isfinite(bound):
+                return f"≤ {duration(bound)}"
             break
-    return f"> {max(finite, default=0) * 1000:g} ms"
+    return f"> {duration(max(finite, default=0))}"
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
 
 
 def echo_table(rows: list[dict]) -> list[str]:
@@ -760,9 +764,9 @@ def delivery_note(report: dict) -> str:
     mean = figures["seconds"] / figures["deliveries"] * 1000
     return (
         f" By the service's own count (chat_delivery_seconds, /metrics) its "
-        f"writes came {mean:.1f} ms after publication on average, all of them "
-        f"{bucket_bound(figures, 1.0)}: the rest of the client's figure is the "
-        "sender's way in, nginx, and the one client process reading every "
+        f"writes came {mean:.1f} ms after publication on average, every one "
+        f"{bucket_bound(figures, 1.0)}; what the client measured beyond that is "
+        "the sender's way in, nginx, and the one client process reading every "
         "socket."
     )
 

@@ -320,12 +320,17 @@ class Variant:
 
 
 def nginx_class(bake: Bake):
-    """The bake's own tests/nginx.py `Nginx`, with worker_connections raised."""
+    """The bake's own tests/nginx.py `Nginx`, with worker_connections raised.
+    Loaded as a module of the bake's tests package, under a name of its own,
+    for its import of tests/processes.py (which needs pytest)."""
+    package = f"bake_tests_{bake.worker_class}"
+    tests = bake.root / "tests"
     spec = importlib.util.spec_from_file_location(
-        f"nginx_{bake.worker_class}", bake.root / "tests" / "nginx.py"
+        package, tests / "__init__.py", submodule_search_locations=[str(tests)]
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[package] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[package])
+    module = importlib.import_module(f"{package}.nginx")
 
     class RaisedNginx(module.Nginx):
         def _main_config(self) -> str:
