@@ -1,7 +1,8 @@
 """Chat fan-out: how long one message takes to reach every subscriber.
 
     python benchmarks/fanout.py ws://127.0.0.1:8080/ws/chat -n 1000 \\
-        [--token TOKEN] [--server-pid PID --server-port PORT] --json fanout.json
+        [--token TOKEN] [--server-pid PID --server-port PORT] \\
+        [--metrics-url http://127.0.0.1:8000/metrics] --json fanout.json
 
 run.py runs it with a generated project's Python, and it borrows
 benchmarks/loadtest.py for opening sockets. It opens N subscribers and
@@ -10,7 +11,15 @@ subscribed), then sends `--messages` messages one at a time and times, for
 each, how long it takes to reach each subscriber. With `--server-pid` (the
 gunicorn master) and `--server-port` (the port it listens on) it also counts
 the connections each worker holds, from the kernel's TCP table, to show that
-the subscribers are spread over the workers.
+the subscribers are spread over the workers (the service's /metrics only has
+their sum).
+
+With `--metrics-url` (the generated service's GET /metrics, on gunicorn's own
+port) it also reads the service's own delivery time, chat_delivery_seconds:
+from a message's publication to its write on each socket, for the timed
+messages only (read before the first and after the last). That leaves out
+what the client's clock adds: the sender's way in, nginx, and this one
+process reading every subscriber's socket in turn.
 """
 
 import argparse
@@ -23,6 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import loadtest
 
@@ -30,6 +40,9 @@ import loadtest
 JOIN_SECONDS = 60
 # Pause between timed messages, so that one does not queue behind another.
 PAUSE_SECONDS = 0.5
+# Seconds to wait for /metrics to count every delivery: a worker observes
+# each one just after the write the client may already have read.
+COUNTED_SECONDS = 10
 
 
 def sockets_per_worker(master: int, port: int) -> dict[int, int]:
@@ -169,6 +182,8 @@ async def timed_messages(arguments, sender, listening: Listening) -> dict:
     spread = {}
     if arguments.server_pid and arguments.server_port:
         spread = sockets_per_worker(arguments.server_pid, arguments.server_port)
+    url = arguments.metrics_url
+    before = try_reading(url) if url else None
 
     messages = []
     for number in range(arguments.messages):
@@ -196,13 +211,53 @@ async def timed_messages(arguments, sender, listening: Listening) -> dict:
 
     complete = [m["all_ms"] for m in messages if m["all_ms"] is not None]
     middles = [m["p50_ms"] for m in messages if m["p50_ms"] is not None]
-    return {
+    report = {
         "joined": joined,
         "per_worker": list(spread.values()),
         "messages": messages,
         "reached_min": min((m["reached"] for m in messages), default=0),
         "all_ms_median": statistics.median(complete) if complete else None,
         "p50_ms_median": statistics.median(middles) if middles else None,
+    }
+    if before is not None:
+        # Every chat socket gets each message, the sender's too.
+        expected = arguments.messages * (listening.subscribers + 1)
+        route = urlsplit(arguments.url).path
+        report["service_metrics"] = await delivery_figures(url, route, before, expected)
+    return report
+
+
+def try_reading(url: str) -> dict:
+    """The service's figures, or why they could not be read."""
+    try:
+        return loadtest.read_metrics(url)
+    except (OSError, ValueError) as error:
+        return {"error": f"{url}: {error}"}
+
+
+async def delivery_figures(url: str, route: str, before: dict, expected: int) -> dict:
+    """chat_delivery_seconds over the timed messages, from /metrics; and the
+    chat sockets the service held before them."""
+    import service_metrics
+
+    if "error" in before:
+        return {"url": url, "error": before["error"]}
+    deadline = time.monotonic() + COUNTED_SECONDS
+    while True:
+        after = try_reading(url)
+        if "error" in after:
+            return {"url": url, "error": after["error"]}
+        delivery = service_metrics.change(before, after)["chat_delivery"]
+        if delivery["count"] >= expected or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    return {
+        "url": url,
+        "connections": before["connections"].get(route, 0.0),
+        "expected": expected,
+        "deliveries": delivery["count"],
+        "seconds": delivery["sum"],
+        "buckets": delivery["buckets"],
     }
 
 
@@ -215,8 +270,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=10)
     parser.add_argument("--server-pid", type=int)
     parser.add_argument("--server-port", type=int)
+    parser.add_argument(
+        "--metrics-url", help="the service's GET /metrics: its own delivery time"
+    )
     parser.add_argument("--json", type=Path, required=True)
     arguments = parser.parse_args()
+    if arguments.metrics_url:
+        # Before any socket: a wrong URL should cost no run.
+        loadtest.check_metrics_url(arguments.metrics_url)
     loadtest.raise_open_file_limit(arguments.subscribers + 256)
     report = asyncio.run(measure(arguments))
     arguments.json.write_text(json.dumps(report, indent=2) + "\n")

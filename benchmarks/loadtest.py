@@ -38,12 +38,21 @@ counted): memory that closed sockets freed stays with the process for reuse,
 so a second run on the same server grows less. It reads
 /proc, so the server must run on this machine, readable by this user.
 
+The service's own figures: with `--metrics-url` (the generated service's
+GET /metrics, on gunicorn's port: nginx refuses it) it reads them before the
+ramp and at the end of the hold, and reports the sockets the workers admit
+together, the sockets they hold then, and the handshakes of the run by
+outcome, which names the cause of each refusal the client saw as an HTTP
+status (benchmarks/service_metrics.py; this needs prometheus-client, one of
+a bake's dependencies). The reads are outside the timed and measured spans.
+
 Many sockets from one process: the open-file limit is raised to what N needs
 (up to the hard limit; `ulimit -Hn` as root raises that), and past the
 ephemeral port range (/proc/sys/net/ipv4/ip_local_port_range, about 28,000
 ports per source and destination address) the sockets leave from several
 loopback addresses (127.0.0.1, 127.0.0.2, ...), which only works against a
-server on loopback. Standard library and `websockets` (a bake's dev extra) only.
+server on loopback. Standard library and `websockets` (a bake's dev extra) only,
+and prometheus-client with `--metrics-url`.
 """
 
 import argparse
@@ -96,6 +105,8 @@ class Plan:
     warmup: int
     # Process groups whose memory and CPU are reported: "server", "proxy".
     watched: dict[str, "Watched"]
+    # The service's GET /metrics, read before the ramp and after the hold.
+    metrics_url: str | None = None
 
 
 @dataclass
@@ -118,6 +129,11 @@ class Results:
     hold_end: dict[str, "Sample"] = field(default_factory=dict)
     client_cpu_seconds: float = 0.0
     open_now: int = 0
+    # The service's figures (service_metrics.read), before the ramp and at
+    # the end of the hold; or why they could not be read.
+    metrics_before: dict | None = None
+    metrics_held: dict | None = None
+    metrics_error: str | None = None
 
     def fail(self, reason: str) -> None:
         if self.open_at_first_failure is None:
@@ -232,6 +248,35 @@ def sample(watched: Watched) -> Sample:
 
 def sample_all(plan: Plan) -> dict[str, Sample]:
     return {name: sample(watched) for name, watched in plan.watched.items()}
+
+
+# --- the service's own figures, from its /metrics -------------------------------
+
+
+def read_metrics(url: str) -> dict:
+    # Imported here: prometheus-client is needed with --metrics-url only.
+    import service_metrics
+
+    return service_metrics.read(url)
+
+
+def check_metrics_url(url: str) -> None:
+    """Exit with one line when the figures cannot be read from `url`."""
+    try:
+        read_metrics(url)
+    except ImportError:
+        sys.exit("error: --metrics-url needs prometheus-client (a bake's python)")
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: cannot read {url}: {error}")
+
+
+def read_metrics_into(results: Results, url: str, moment: str) -> None:
+    """Read the figures `before` the ramp or `held` at the end of the hold; a
+    failed read is reported, and the client's own figures still are."""
+    try:
+        setattr(results, f"metrics_{moment}", read_metrics(url))
+    except (OSError, ValueError) as error:
+        results.metrics_error = f"{url} ({moment}): {error}"
 
 
 # --- the limits of one client process ----------------------------------------
@@ -499,6 +544,10 @@ async def run(plan: Plan, progress: Progress) -> Results:
     results = Results(asked=plan.connections)
     if plan.warmup:
         await warm_up(plan)
+    # Before the memory is sampled: what the read allocates in a worker is
+    # then not counted per socket.
+    if plan.metrics_url:
+        read_metrics_into(results, plan.metrics_url, "before")
     results.before = sample_all(plan)
 
     # Ramp: start one socket every 1/rate s, at most `concurrency` in flight,
@@ -573,6 +622,8 @@ async def run(plan: Plan, progress: Progress) -> Results:
     ]
     results.hold_end = sample_all(plan)
     results.client_cpu_seconds = time.process_time() - client_cpu
+    if plan.metrics_url and results.metrics_before:
+        read_metrics_into(results, plan.metrics_url, "held")
 
     # One more echo each: a socket counts as held only if it still answers.
     async def check(index: int, ws: ClientConnection) -> bool:
@@ -655,7 +706,29 @@ def summary(plan: Plan, results: Results) -> dict:
                 round((end.cpu_seconds - start.cpu_seconds) / hold, 3) if same else None
             ),
         }
+    if plan.metrics_url:
+        report["service_metrics"] = service_figures(plan, results)
     return report
+
+
+def service_figures(plan: Plan, results: Results) -> dict:
+    """What /metrics said: the capacity and sockets held at the end of the
+    hold, the handshakes of the run by outcome (warm-up excluded)."""
+    figures = {"url": plan.metrics_url}
+    if results.metrics_error or not results.metrics_held:
+        figures["error"] = results.metrics_error or "not read"
+        return figures
+    import service_metrics
+
+    grown = service_metrics.change(results.metrics_before, results.metrics_held)
+    route = urlsplit(plan.url).path
+    figures.update(
+        capacity=grown["capacity"],
+        route=route,
+        connections=grown["connections"].get(route, 0.0),
+        handshakes=grown["handshakes"],
+    )
+    return figures
 
 
 def milliseconds(figures: dict) -> str:
@@ -712,10 +785,27 @@ def print_report(report: dict) -> None:
         )
     if "server" not in report:
         lines.append("server      not measured (--server-pid or --server-match)")
+    if "service_metrics" in report:
+        lines.append(service_line(report["service_metrics"]))
     lines.append(
         f"client      {report['client_cpu_share']:.0%} of a core during the hold"
     )
     print("\n".join(lines))
+
+
+def service_line(figures: dict) -> str:
+    if "error" in figures:
+        return f"/metrics    not read: {figures['error']}"
+    outcomes = ", ".join(
+        f"{outcome} {count:.0f}"
+        for outcome, count in figures["handshakes"].items()
+        if count
+    )
+    return (
+        f"/metrics    the workers admit {figures['capacity']:.0f} sockets, held "
+        f"{figures['connections']:.0f} on {figures['route']} at the end of the "
+        f"hold; handshakes: {outcomes or 'none'}"
+    )
 
 
 # --- the command line ----------------------------------------------------------
@@ -800,6 +890,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
             f"--{name}-match",
             help="or the one process whose command line contains this text",
         )
+    parser.add_argument(
+        "--metrics-url",
+        help="the service's GET /metrics (gunicorn's own port): its figures too",
+    )
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     arguments = parser.parse_args(argv)
@@ -826,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     # Before anything else: a wrong --server-match should cost no socket.
     watched = watched_groups(arguments)
+    if arguments.metrics_url:
+        check_metrics_url(arguments.metrics_url)
     token = arguments.token
     if not token and arguments.user:
         password = arguments.password or os.environ.get("LOADTEST_PASSWORD")
@@ -851,6 +947,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_on_failure=arguments.stop_on_failure,
         warmup=arguments.warmup,
         watched=watched,
+        metrics_url=arguments.metrics_url,
     )
     results = asyncio.run(run(plan, Progress(enabled=not arguments.quiet)))
     report = summary(plan, results)

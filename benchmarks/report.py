@@ -5,10 +5,17 @@
 writes both beside the results file (or into --output-dir), without measuring
 anything: to change the page, change this file and run it again. matplotlib
 draws the chart (benchmarks/requirements.txt).
+
+The page says where each figure came from: measured from outside (the
+client's clock, /proc, the kernel's TCP table), or read from the service's
+own GET /metrics (benchmarks/service_metrics.py). A results.json written
+before run.py read /metrics has figures from outside only, and the page says
+so.
 """
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 # The targets the service is held to (BENCHMARKS.md lists each as met or not).
@@ -75,6 +82,136 @@ def cpu(report: dict) -> str:
     return ", ".join(parts)
 
 
+# Each figure of the page, where it comes from, and why from there: measured
+# from outside, or read from the service's /metrics.
+OUTSIDE = "outside"
+METRICS = "/metrics"
+SOURCES = [
+    (
+        "echo round trips/s, p50 and p99 latency",
+        OUTSIDE,
+        "the client's clock (loadtest.py)",
+        "compared with the baseline, which has no /metrics; the service counts "
+        "messages, not their round trips",
+    ),
+    (
+        "CPU during the run",
+        OUTSIDE,
+        "/proc of gunicorn, nginx and the client",
+        "/metrics has no process figures (prometheus-client's multiprocess "
+        "mode leaves them out)",
+    ),
+    (
+        "sockets held with no error, first failure, opened per second",
+        OUTSIDE,
+        "the client",
+        "compared with the baseline",
+    ),
+    (
+        "memory per socket (app and nginx)",
+        OUTSIDE,
+        "resident memory from /proc, before and during the hold",
+        "/metrics has no memory figure, and none for nginx",
+    ),
+    (
+        "the sockets the workers admit",
+        METRICS,
+        "websocket_capacity",
+        "the service's own count, rather than working it out from the threads "
+        "or worker_connections and the share kept for HTTP",
+    ),
+    (
+        "sockets the service held at the end of the hold",
+        METRICS,
+        "websocket_connections",
+        "the app's own count, beside the client's",
+    ),
+    (
+        "handshakes by outcome",
+        METRICS,
+        "websocket_handshakes_total",
+        "the client sees a status (503); the service knows which refusal it "
+        "was (over_capacity, unavailable...)",
+    ),
+    (
+        "fan-out: time to reach all, p50 arrival",
+        OUTSIDE,
+        "the client's clock, from the send to each subscriber's receipt",
+        "compared with the baseline",
+    ),
+    (
+        "fan-out: connections per worker",
+        OUTSIDE,
+        "the kernel's TCP table (/proc/net/tcp)",
+        "/metrics adds the workers up",
+    ),
+    (
+        "fan-out: the service's delivery time",
+        METRICS,
+        "chat_delivery_seconds, from publication to the write on each socket",
+        "the service's own share, without the sender's way in, nginx and the "
+        "client reading every socket; its buckets bound the quantiles",
+    ),
+]
+
+
+def scraped(results: dict) -> bool:
+    """Whether the run read the service's /metrics (runs before it did not)."""
+    return any(
+        "service_metrics" in row["report"]
+        for section in results["variants"].values()
+        for kind in ("capacity", "fanout")
+        for row in section[kind]
+    )
+
+
+def sources_table(results: dict) -> list[str]:
+    lines = []
+    if not scraped(results):
+        lines += [
+            "This run did not read the service's /metrics: every figure on this "
+            "page is from outside, and the ones marked /metrics below are missing.",
+            "",
+        ]
+    lines += ["| figure | from | how | why from there |", "| --- | --- | --- | --- |"]
+    for figure, source, how, why in SOURCES:
+        lines.append(f"| {figure} | {source} | {how} | {why} |")
+    return lines
+
+
+def service_figures(report: dict) -> dict | None:
+    """What /metrics said in this report, when it was read."""
+    figures = report.get("service_metrics")
+    if not figures or "error" in figures:
+        return None
+    return figures
+
+
+def outcomes(handshakes: dict) -> str:
+    counted = [(name, count) for name, count in handshakes.items() if count]
+    return ", ".join(f"{name} {count:,.0f}" for name, count in counted) or "none"
+
+
+def bucket_bound(delivery: dict, share: float) -> str:
+    """The quantile `share` (0..1) of chat_delivery_seconds, as the upper bound
+    of the histogram bucket that holds it: "≤ 25 ms"."""
+    count = delivery.get("deliveries") or 0
+    if not count:
+        return "–"
+    bounds = sorted((float(bound), n) for bound, n in delivery["buckets"].items())
+    finite = [bound for bound, _ in bounds if math.isfinite(bound)]
+    for bound, counted in bounds:
+        if counted >= share * count:
+            if math.isfinite(bound):
+                return f"≤ {duration(bound)}"
+            break
+    return f"> {duration(max(finite, default=0))}"
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
+
+
 def echo_table(rows: list[dict]) -> list[str]:
     lines = [
         "| connections | target | round trips/s | vs baseline | p50 ms | vs baseline "
@@ -126,6 +263,64 @@ def capacity_table(rows: list[dict]) -> list[str]:
             f"| {ratio(kilobytes(report), kilobytes(reference))} "
             f"| {number(kilobytes(report, 'proxy'), 1, ' KB')} |"
         )
+    return lines
+
+
+def capacity_metrics_table(rows: list[dict], workers: int) -> list[str]:
+    """The service's own count of the same runs (the baseline has none)."""
+    lines = [
+        "| permessage-deflate | target | the workers admit (per worker) "
+        "| held at the end of the hold | handshakes by outcome |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        if row["target"] == "baseline":
+            continue
+        figures = service_figures(row["report"])
+        if figures is None:
+            error = row["report"].get("service_metrics", {}).get("error")
+            lines.append(
+                f"| {row['compression']} | {LABELS[row['target']]} "
+                f"| {'not read: ' + error if error else 'not read'} | – | – |"
+            )
+            continue
+        capacity = figures["capacity"]
+        lines.append(
+            f"| {row['compression']} | {LABELS[row['target']]} "
+            f"| {capacity:,.0f} ({capacity / workers:,.0f}) "
+            f"| {figures['connections']:,.0f} "
+            f"| {outcomes(figures['handshakes'])} |"
+        )
+    return lines
+
+
+def fanout_metrics_table(results: dict) -> list[str]:
+    lines = [
+        "| worker class | target | chat sockets held | writes counted "
+        "| mean | half within | 99% within | all within |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for worker_class, section in results["variants"].items():
+        for row in section["fanout"]:
+            if row["target"] == "baseline":
+                continue
+            figures = service_figures(row["report"])
+            if figures is None:
+                lines.append(
+                    f"| {worker_class} | {LABELS[row['target']]} "
+                    "| not read | – | – | – | – | – |"
+                )
+                continue
+            count = figures["deliveries"]
+            mean = figures["seconds"] / count * 1000 if count else None
+            lines.append(
+                f"| {worker_class} | {LABELS[row['target']]} "
+                f"| {figures['connections']:,.0f} "
+                f"| {count:,.0f} of {figures['expected']:,} "
+                f"| {number(mean, 1, ' ms')} "
+                f"| {bucket_bound(figures, 0.5)} | {bucket_bound(figures, 0.99)} "
+                f"| {bucket_bound(figures, 1.0)} |"
+            )
     return lines
 
 
@@ -292,6 +487,17 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         "A load average above zero before the run means other work shared the "
         "machine too.",
         "",
+        "## Where each figure comes from",
+        "",
+        "Measured from outside, the same way for the baseline and the service, "
+        "or read from the service's own GET /metrics on gunicorn's port "
+        "([service_metrics.py](service_metrics.py), once before and once after "
+        "each measurement, outside its timed span). The baseline has no "
+        "/metrics, so every figure compared with it is from outside; a figure "
+        "from /metrics stands beside those, for the service only.",
+        "",
+        *sources_table(results),
+        "",
         "## Targets",
         "",
         *targets(results),
@@ -307,7 +513,8 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
             f"and again, for {results['scale']['echo_seconds']:g} s; "
             "permessage-deflate off. The three targets take turns, "
             f"{results['scale'].get('echo_rounds', 1)} rounds; each row is the round "
-            "with the median throughput, the range over the rounds in brackets.",
+            "with the median throughput, the range over the rounds in brackets. "
+            "From outside: the client's clock, CPU from /proc.",
             "",
             *echo_table(section["echo"]),
             "",
@@ -318,11 +525,23 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
             "until the first failure or the number tried; a fresh server each time. "
             "Memory per socket is the growth of the resident memory of gunicorn "
             "(master and workers) divided by the sockets held; permessage-deflate "
-            "on is offered the way browsers offer it.",
+            "on is offered the way browsers offer it. From outside: the client, "
+            "memory from /proc.",
             "",
             *capacity_table(section["capacity"]),
             "",
         ]
+        if scraped(results):
+            lines += [
+                "From /metrics, the service's own count in the same runs: the "
+                "sockets its workers admit together (websocket_capacity), those "
+                "it held at the end of the hold (websocket_connections), and "
+                "the handshakes of the run by outcome "
+                "(websocket_handshakes_total), warm-up excluded.",
+                "",
+                *capacity_metrics_table(section["capacity"], servers["workers"]),
+                "",
+            ]
     lines += [
         "## Chat fan-out",
         "",
@@ -332,10 +551,25 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         "goes through nginx and its Redis hub (one subscription per worker); the "
         "baseline is the tutorial app with the obvious Redis version of a chat "
         "route (one subscription per socket, in baseline_app.py), without nginx. "
-        "Per worker: connections each gunicorn worker held.",
+        "Per worker: connections each gunicorn worker held. From outside: the "
+        "client's clock, the kernel's TCP table.",
         "",
         *fanout_table(results),
         "",
+    ]
+    if scraped(results):
+        lines += [
+            "From /metrics, the service's own delivery time over the same timed "
+            "messages (chat_delivery_seconds): from a message's publication, in "
+            "the worker that took it, to its write on each chat socket, the "
+            "sender's included. It leaves out the sender's way in, nginx and "
+            "the client reading every socket; its buckets bound each quantile "
+            "(≤ the bucket's upper bound) and the sum gives the mean.",
+            "",
+            *fanout_metrics_table(results),
+            "",
+        ]
+    lines += [
         "## Latency against connections",
         "",
         f"![echo latency against connection count]({chart_name})",
@@ -347,10 +581,21 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
     path.write_text("\n".join(lines).rstrip() + "\n")
 
 
+# Why the service refused a handshake, by its outcome in /metrics.
+OUTCOME_CAUSES = {
+    "over_capacity": "the service's capacity guard refused the socket: a worker "
+    "had no room left (its threads or worker_connections, less the reserve kept "
+    "for HTTP), and the busier of the two workers fills first",
+    "unavailable": "the service could not reach Redis to count the user's sockets",
+    "over_user_limit": "the user held WS_MAX_SOCKETS_PER_USER sockets already",
+    "unauthenticated": "the bearer token was not accepted",
+    "forbidden_origin": "the Origin was not accepted",
+}
+# Why a socket failed, by what the client saw. A 503 has two causes in the
+# service; without /metrics (a run before it was read) the likelier is given.
 FAILURE_CAUSES = {
-    "HTTP 503": "the service's capacity guard refused the socket: a worker had no "
-    "room left (its threads or worker_connections, less the reserve kept for "
-    "HTTP), and the busier of the two workers fills first",
+    "HTTP 503": OUTCOME_CAUSES["over_capacity"]
+    + " (inferred from the status: this run did not read /metrics)",
     "timeout (handshake)": "the server took no more handshakes in time: all of "
     "its threads were busy, and gthread queues what it cannot serve",
     "EMFILE (handshake)": "the client's open-file limit",
@@ -432,15 +677,34 @@ def capacity_notes(worker_class: str, rows: list[dict]) -> list[str]:
             continue
         report = row["report"]
         reason = first_failure(report)
+        figures = service_figures(report)
+        refused = {
+            outcome: count
+            for outcome, count in (figures or {}).get("handshakes", {}).items()
+            if outcome != "accepted" and count
+        }
         if reason == "none":
             cause = f"nothing failed up to the {row['tried']:,} tried"
+        elif reason.startswith("HTTP") and refused:
+            cause = "; ".join(
+                f"/metrics counts {count:,.0f} refused as {outcome}: "
+                f"{OUTCOME_CAUSES.get(outcome, outcome)}"
+                for outcome, count in refused.items()
+            )
         else:
             cause = FAILURE_CAUSES.get(reason, reason)
-        lines.append(
+        text = (
             f"- **{worker_class}, {LABELS[row['target']]}: "
             f"{held(report):,} sockets** held with no error. First failure: "
             f"{reason}; {cause}."
         )
+        if figures:
+            text += (
+                f" Its workers admit {figures['capacity']:,.0f} together "
+                f"(websocket_capacity) and held {figures['connections']:,.0f} "
+                "at the end of the hold (websocket_connections), by /metrics."
+            )
+        lines.append(text)
     by_key = {(r["target"], r["compression"]): r["report"] for r in rows}
     off, on = by_key.get(("nginx", "off")), by_key.get(("nginx", "on"))
     base = by_key.get(("baseline", "off"))
@@ -487,9 +751,24 @@ def fanout_notes(results: dict) -> list[str]:
                 f"{base['all_ms_median']:.0f} ms to {base['reached_min']:,}). The "
                 "service's hub reads each message from Redis once per worker and "
                 "writes it to every socket of that worker, one after another; the "
-                "baseline has Redis write it once per socket."
+                "baseline has Redis write it once per socket." + delivery_note(proxied)
             )
     return lines
+
+
+def delivery_note(report: dict) -> str:
+    """The service's own delivery time beside the client's figure."""
+    figures = service_figures(report)
+    if not figures or not figures["deliveries"]:
+        return ""
+    mean = figures["seconds"] / figures["deliveries"] * 1000
+    return (
+        f" By the service's own count (chat_delivery_seconds, /metrics) its "
+        f"writes came {mean:.1f} ms after publication on average, every one "
+        f"{bucket_bound(figures, 1.0)}; what the client measured beyond that is "
+        "the sender's way in, nginx, and the one client process reading every "
+        "socket."
+    )
 
 
 def write_report(results: dict, folder: Path) -> Path:

@@ -17,11 +17,21 @@ Figures: echo round trips per second and p50/p99 latency at 1, 100 and 1,000
 connections; the most sockets held with no error and the memory per socket,
 with permessage-deflate on and off; chat fan-out time to 1,000 subscribers on
 two workers. The clients are benchmarks/loadtest.py and benchmarks/fanout.py,
-run by each bake's venv python. It writes results.json, then BENCHMARKS.md
-and latency.png from it (benchmarks/report.py, which also rewrites them from
-an earlier results.json without measuring), to benchmarks/ (--quick: to a
-temporary folder, unless --output-dir says otherwise). Only loopback
-addresses are used.
+run by each bake's venv python.
+
+Most figures are measured from outside: by the client, from /proc, from the
+kernel's TCP table. The baseline has no /metrics, so every figure compared
+with it is measured that way on both. What the service counts itself is read
+from its GET /metrics as well, where that is simpler than measuring it
+(benchmarks/service_metrics.py): the sockets its workers admit together, the
+sockets they hold at the end of the hold, the handshakes by outcome (why a
+socket was refused), and the chat's own delivery time. BENCHMARKS.md says
+which figure came from where.
+
+It writes results.json, then BENCHMARKS.md and latency.png from it
+(benchmarks/report.py, which also rewrites them from an earlier results.json
+without measuring), to benchmarks/ (--quick: to a temporary folder, unless
+--output-dir says otherwise). Only loopback addresses are used.
 """
 
 import argparse
@@ -310,12 +320,17 @@ class Variant:
 
 
 def nginx_class(bake: Bake):
-    """The bake's own tests/nginx.py `Nginx`, with worker_connections raised."""
+    """The bake's own tests/nginx.py `Nginx`, with worker_connections raised.
+    Loaded as a module of the bake's tests package, under a name of its own,
+    for its import of tests/processes.py (which needs pytest)."""
+    package = f"bake_tests_{bake.worker_class}"
+    tests = bake.root / "tests"
     spec = importlib.util.spec_from_file_location(
-        f"nginx_{bake.worker_class}", bake.root / "tests" / "nginx.py"
+        package, tests / "__init__.py", submodule_search_locations=[str(tests)]
     )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[package] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[package])
+    module = importlib.import_module(f"{package}.nginx")
 
     class RaisedNginx(module.Nginx):
         def _main_config(self) -> str:
@@ -339,6 +354,11 @@ def nginx_class(bake: Bake):
 
 
 # --- measurements ------------------------------------------------------------
+
+
+def metrics_url(app: Service) -> str:
+    """The service's GET /metrics, from gunicorn itself: nginx refuses it."""
+    return f"http://127.0.0.1:{app.port}/metrics"
 
 
 def loadtest(variant: Variant, url: str, *, authenticated: bool, **options) -> dict:
@@ -435,10 +455,12 @@ def measure_capacity(variant: Variant, scale: Scale) -> list[dict]:
                 if target == "baseline":
                     server = stack.start(variant.baseline())
                     url, proxy = f"ws://127.0.0.1:{server.port}/echo", None
+                    scraped = None  # it has no /metrics
                 else:
                     server = stack.start(variant.app(compression))
                     proxy = stack.start(variant.nginx(server))
                     url = f"ws://127.0.0.1:{proxy.port}/ws/echo"
+                    scraped = metrics_url(server)
                 report = loadtest(
                     variant,
                     url,
@@ -451,6 +473,7 @@ def measure_capacity(variant: Variant, scale: Scale) -> list[dict]:
                     warmup=scale.warmup,
                     server_pid=server.pid,
                     proxy_pid=proxy.pid if proxy else None,
+                    metrics_url=scraped,
                 )
             rows.append(
                 {
@@ -471,10 +494,12 @@ def measure_fanout(variant: Variant, scale: Scale) -> list[dict]:
             if target == "baseline":
                 server = stack.start(variant.baseline())
                 url, token = f"ws://127.0.0.1:{server.port}/chat", None
+                scraped = None  # it has no /metrics
             else:
                 server = stack.start(variant.app())
                 proxy = stack.start(variant.nginx(server))
                 url = f"ws://127.0.0.1:{proxy.port}/ws/chat"
+                scraped = metrics_url(server)
                 token = requests.post(
                     f"{proxy.url}/auth/token", auth=(USER, PASSWORD), timeout=10
                 ).json()["token"]
@@ -489,6 +514,8 @@ def measure_fanout(variant: Variant, scale: Scale) -> list[dict]:
             ]
             if token:
                 command += ["--token", token]
+            if scraped:
+                command += ["--metrics-url", scraped]
             result = subprocess.run(
                 [str(part) for part in command],
                 capture_output=True,

@@ -1,10 +1,14 @@
-"""benchmarks/loadtest.py, the client benchmarks/run.py measures with, run
-small against a bake's real gunicorn, with the bake's python as run.py does.
+"""benchmarks/loadtest.py and benchmarks/fanout.py, the clients
+benchmarks/run.py measures with, and benchmarks/service_metrics.py, which they
+read the service's GET /metrics with: run small against a bake's real gunicorn,
+with the bake's python as run.py does.
 
 A generated project has a short tool of its own (scripts/loadtest.py), which
 its own suite tests; this is the template's fuller one.
 """
 
+import copy
+import importlib.util
 import json
 import os
 import re
@@ -23,6 +27,9 @@ from conftest import TEMPLATE_DIR, require, run
 from test_generated_suite import locked_venv, run_step
 
 LOADTEST = TEMPLATE_DIR / "benchmarks" / "loadtest.py"
+FANOUT = TEMPLATE_DIR / "benchmarks" / "fanout.py"
+SERVICE_METRICS = TEMPLATE_DIR / "benchmarks" / "service_metrics.py"
+RESULTS = TEMPLATE_DIR / "benchmarks" / "results.json"
 PASSWORD = "benchmark password"  # noqa: S105 (a throwaway account's)
 SETTINGS = {
     "APP_ENV": "testing",
@@ -61,6 +68,10 @@ class Server:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
 
     def worker_pids(self) -> list[int]:
         pid = self.process.pid
@@ -245,3 +256,207 @@ def test_a_server_match_that_fits_one_master_measures_it_and_its_workers(
     assert status == 0, report
     assert report["server"]["processes"] == 1 + len(server.worker_pids())
     assert report["server"]["same_processes"] is True
+
+
+@pytest.mark.slow
+def test_loadtest_reads_the_services_count_of_what_it_saw(
+    bench_bake, start_server, tmp_path
+):
+    """The refusals the client sees as 503, /metrics names: over_capacity."""
+    small = start_server(**SMALL_WORKER)
+    status, report = run_loadtest(
+        bench_bake,
+        small,
+        *("-n", "5", "--hold", "0", "--concurrency", "1"),
+        *("--metrics-url", small.metrics_url),
+        tmp_path=tmp_path,
+    )
+    assert status == 1
+    assert report["failures"] == {"HTTP 503": 3}
+    assert report["service_metrics"] == {
+        "url": small.metrics_url,
+        "capacity": 2.0,
+        "route": "/ws/echo",
+        "connections": 2.0,
+        "handshakes": {
+            "accepted": 2.0,
+            "unauthenticated": 0.0,
+            "forbidden_origin": 0.0,
+            "over_user_limit": 0.0,
+            "over_capacity": 3.0,
+            "unavailable": 0.0,
+        },
+    }
+
+
+@pytest.mark.slow
+def test_a_metrics_url_that_cannot_be_read_is_refused_before_any_socket(
+    bench_bake, start_server
+):
+    server = start_server()
+    wrong = f"http://127.0.0.1:{server.port}/no-metrics-here"
+    result = refusal(bench_bake, server, "--metrics-url", wrong)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"error: cannot read {wrong}: HTTP Error 404: NOT FOUND\n")
+    # Not one handshake reached the server.
+    figures = subprocess.run(
+        [bench_bake.bin("python"), str(SERVICE_METRICS), server.metrics_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(figures.stdout)["handshakes"] == {
+        "accepted": 0.0,
+        "unauthenticated": 0.0,
+        "forbidden_origin": 0.0,
+        "over_user_limit": 0.0,
+        "over_capacity": 0.0,
+        "unavailable": 0.0,
+    }
+
+
+@pytest.mark.slow
+def test_fanout_reads_the_services_delivery_time(bench_bake, start_server, tmp_path):
+    # broadcast = memory: one worker, so that every socket hears the chat.
+    server = start_server(WEB_CONCURRENCY="1")
+    token = requests.post(
+        f"http://127.0.0.1:{server.port}/auth/token",
+        auth=("bench@example.com", PASSWORD),
+        timeout=10,
+    ).json()["token"]
+    report_path = tmp_path / "fanout.json"
+    result = run(
+        [bench_bake.bin("python"), str(FANOUT), f"{server.ws_url}/ws/chat"]
+        + ["-n", "3", "--messages", "2", "--token", token]
+        + ["--metrics-url", server.metrics_url, "--json", str(report_path)],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["reached_min"] == 3
+    figures = report["service_metrics"]
+    # Three subscribers and the sender, two messages each.
+    assert (figures["connections"], figures["expected"]) == (4.0, 8)
+    assert figures["deliveries"] == 8.0
+    assert figures["buckets"]["+Inf"] == 8.0
+    assert figures["seconds"] > 0
+
+
+def load_report():
+    """benchmarks/report.py, which needs nothing beyond the standard library
+    to write the page (matplotlib draws the chart only)."""
+    path = TEMPLATE_DIR / "benchmarks" / "report.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def page(results: dict, tmp_path) -> list[str]:
+    path = tmp_path / "BENCHMARKS.md"
+    load_report().write_markdown(results, path, "latency.png")
+    return path.read_text().splitlines()
+
+
+# What the service's /metrics said in a run, as loadtest.py and fanout.py
+# report it: 128 refusals (503 to the client) were over_capacity.
+CAPACITY_FIGURES = {
+    "url": "http://127.0.0.1:1/metrics",
+    "capacity": 1800.0,
+    "route": "/ws/echo",
+    "connections": 1584.0,
+    "handshakes": {
+        "accepted": 1584.0,
+        "unauthenticated": 0.0,
+        "forbidden_origin": 0.0,
+        "over_user_limit": 0.0,
+        "over_capacity": 128.0,
+        "unavailable": 0.0,
+    },
+}
+DELIVERY_FIGURES = {
+    "url": "http://127.0.0.1:1/metrics",
+    "connections": 1001.0,
+    "expected": 5005,
+    "deliveries": 5005.0,
+    "seconds": 60.06,
+    # Cumulative, as Prometheus's histogram buckets are.
+    "buckets": {"0.01": 2000.0, "0.025": 5000.0, "0.05": 5005.0, "+Inf": 5005.0},
+}
+
+
+def test_the_page_says_a_run_without_metrics_measured_everything_from_outside(
+    tmp_path,
+):
+    lines = page(json.loads(RESULTS.read_text()), tmp_path)
+    assert (
+        "This run did not read the service's /metrics: every figure on this "
+        "page is from outside, and the ones marked /metrics below are missing."
+    ) in lines
+    assert (
+        "| the sockets the workers admit | /metrics | websocket_capacity "
+        "| the service's own count, rather than working it out from the threads "
+        "or worker_connections and the share kept for HTTP |"
+    ) in lines
+    # No table of figures that were not read.
+    assert not [line for line in lines if "the workers admit (per worker)" in line]
+    # A 503 is then only a guess at its cause, and says so.
+    (gthread,) = [line for line in lines if "gthread, service via nginx: " in line]
+    assert gthread.endswith(
+        "(inferred from the status: this run did not read /metrics)."
+    )
+
+
+def test_the_page_gives_the_figures_read_from_metrics_beside_the_others(tmp_path):
+    results = copy.deepcopy(json.loads(RESULTS.read_text()))
+    section = results["variants"]["gthread"]
+    for row in section["capacity"]:
+        if (row["target"], row["compression"]) == ("nginx", "off"):
+            row["report"]["service_metrics"] = CAPACITY_FIGURES
+    for row in section["fanout"]:
+        if row["target"] == "nginx":
+            row["report"]["service_metrics"] = DELIVERY_FIGURES
+    lines = page(results, tmp_path)
+    assert not [line for line in lines if "did not read the service's" in line]
+    capacity = lines.index(
+        "| permessage-deflate | target | the workers admit (per worker) "
+        "| held at the end of the hold | handshakes by outcome |"
+    )
+    assert lines[capacity + 2 : capacity + 4] == [
+        "| off | service via nginx | 1,800 (900) | 1,584 "
+        "| accepted 1,584, over_capacity 128 |",
+        "| on | service via nginx | not read | – | – |",
+    ]
+    (note,) = [line for line in lines if "gthread, service via nginx: " in line]
+    assert (
+        "First failure: HTTP 503; /metrics counts 128 refused as over_capacity: "
+        in note
+    )
+    assert note.endswith(
+        "Its workers admit 1,800 together (websocket_capacity) and held 1,584 at "
+        "the end of the hold (websocket_connections), by /metrics."
+    )
+    delivery = lines.index(
+        "| worker class | target | chat sockets held | writes counted "
+        "| mean | half within | 99% within | all within |"
+    )
+    assert lines[delivery + 2 : delivery + 4] == [
+        "| gthread | service via nginx | 1,001 | 5,005 of 5,005 | 12.0 ms "
+        "| ≤ 25 ms | ≤ 25 ms | ≤ 50 ms |",
+        "| gevent | service via nginx | not read | – | – | – | – | – |",
+    ]
+    (fanout,) = [line for line in lines if "gthread, fan-out." in line]
+    assert (
+        "its writes came 12.0 ms after publication on average, every one ≤ 50 ms;"
+        in fanout
+    )
+
+
+def test_a_delivery_time_beyond_the_last_bucket_is_given_as_more_than_it():
+    bound = load_report().bucket_bound
+    beyond = {"deliveries": 4, "buckets": {"5": 1.0, "10": 2.0, "+Inf": 4.0}}
+    assert bound(beyond, 0.5) == "≤ 10 s"
+    assert bound(beyond, 1.0) == "> 10 s"
+    assert bound({"deliveries": 0, "buckets": {}}, 0.5) == "–"

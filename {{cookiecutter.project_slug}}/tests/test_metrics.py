@@ -151,6 +151,41 @@ def test_each_refused_handshake_counts_its_outcome(start_server, alice, make_use
         for outcome in expected
     }
     assert counted == expected
+{%- if cookiecutter.broadcast == "redis" %}
+
+
+def test_a_handshake_while_redis_is_away_counts_as_unavailable(
+    start_server, start_redis, alice
+):
+    """A user's sockets are counted in Redis: without it the count cannot be
+    checked, and the handshake is refused with 503 under `unavailable`."""
+    redis_server = start_redis()
+    server = start_server(**TWO_WORKERS, REDIS_URL=redis_server.url)
+    # The token before Redis goes: its rate limit is counted there too.
+    token = bearer_token(server, alice)
+    redis_server.stop()
+    before = Scrape(server)
+    with pytest.raises(InvalidStatus) as refused:
+        open_socket(server, ECHO, token=token)
+    assert refused.value.response.status_code == 503
+    assert refused.value.response.headers["Retry-After"] == "5"
+    # Counted before the answer was sent: no wait needed.
+    after = Scrape(server)
+    expected = {
+        "accepted": 0,
+        "unauthenticated": 0,
+        "forbidden_origin": 0,
+        "over_user_limit": 0,
+        "over_capacity": 0,
+        "unavailable": 1,
+    }
+    counted = {
+        outcome: after("websocket_handshakes_total", outcome=outcome)
+        - before("websocket_handshakes_total", outcome=outcome)
+        for outcome in expected
+    }
+    assert counted == expected
+{%- endif %}
 
 
 def test_echo_messages_are_counted_in_and_out(two_workers, alice):
