@@ -18,6 +18,7 @@ import itertools
 import re
 import secrets
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,8 +61,8 @@ CHROMIUM_ARGS = [
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 # Milliseconds Playwright waits for a page to show what a test expects.
 EXPECT_TIMEOUT = 10_000
-# Seconds a restarted app and the page's backoff (0.5 s, 1 s, 2 s ... each
-# drawn from its upper half) may take together before the page is back.
+# Seconds a restarted app and the page's backoff may take together before the
+# page is back: its wait is drawn below a ceiling that doubles to 30 s.
 RECONNECT_TIMEOUT = 45
 {%- if cookiecutter.use_docker == "y" %}
 # gunicorn as compose.yaml runs it: behind one trusted proxy.
@@ -293,11 +294,47 @@ def test_chat_line_with_markup_shows_as_text(stack, open_page, alice, bob):
         assert page.evaluate("window.injected") is None
 
 
+# Each socket the page opens, and how it ends, in window.socketEvents: the
+# page shows neither close codes nor new sockets. The page's own WebSocket
+# still does all the work; like every init script, this one runs before the
+# page's scripts and is not subject to its Content-Security-Policy.
+RECORD_SOCKETS = """(() => {
+  const PageWebSocket = window.WebSocket;
+  window.socketEvents = [];
+  const record = (path, event, code) => window.socketEvents.push({ path, event, code });
+  window.WebSocket = class extends PageWebSocket {
+    constructor(url, ...options) {
+      super(url, ...options);
+      const path = new URL(url).pathname;
+      this.addEventListener("open", () => record(path, "open", null));
+      this.addEventListener("close", (event) => record(path, "close", event.code));
+    }
+  };
+})();"""
+
+# True once each of the demo's sockets was closed with `code` and a socket to
+# the same path has opened since.
+REOPENED_AFTER = """(code) => ["/ws/echo", "/ws/chat"].every((path) => {
+  const events = window.socketEvents.filter((event) => event.path === path);
+  const closed = events.findIndex((e) => e.event === "close" && e.code === code);
+  return closed >= 0 && events.slice(closed + 1).some((e) => e.event === "open");
+})"""
+
+
+def record_sockets(page: "Page") -> None:
+    page.add_init_script(RECORD_SOCKETS)
+
+
+def expect_reopened_after(page: "Page", code: int) -> None:
+    page.wait_for_function(REOPENED_AFTER, arg=code, timeout=RECONNECT_TIMEOUT * 1000)
+
+
 def test_page_reconnects_by_itself_after_the_app_restarts(
     start_stack, open_page, alice
 ):
     stack = start_stack()  # its own: this test stops the app
     page = open_page()
+    record_sockets(page)
     log_in(page, stack.url, alice)
     expect_status(page, "connected")
 
@@ -305,10 +342,58 @@ def test_page_reconnects_by_itself_after_the_app_restarts(
     expect_status(page, "disconnected")
     stack.start_app_again()
     expect_status(page, "connected", timeout=RECONNECT_TIMEOUT * 1000)
+    # The stopping app closed both sockets with 1001; new ones are open.
+    expect_reopened_after(page, 1001)
 
     join_chat(page, alice)
     say(page, "back after the restart")
     expect(chat_line(page, alice, "back after the restart")).to_be_visible()
+
+
+def test_page_reconnects_by_itself_after_the_app_reloads(start_stack, open_page, alice):
+    """A reload (SIGHUP: new workers, the old ones leave, as on a deploy)
+    closes the page's sockets with 1001 while the app stays up; the page opens
+    new ones to the new workers by itself."""
+    stack = start_stack()  # its own: this test reloads the app
+    page = open_page()
+    record_sockets(page)
+    log_in(page, stack.url, alice)
+    expect_status(page, "connected")
+    join_chat(page, alice)
+
+    stack.app.process.send_signal(signal.SIGHUP)
+    expect_reopened_after(page, 1001)
+    expect_status(page, "connected")
+    join_chat(page, alice)
+    say(page, "back after the reload")
+    expect(chat_line(page, alice, "back after the reload")).to_be_visible()
+
+
+# `count` draws of the page's retry wait after each number of failed attempts.
+DRAW_RETRY_DELAYS = """(count) => Array.from({ length: 10 }, (_, attempt) => ({
+  ceiling: retryCeiling(attempt),
+  delays: Array.from({ length: count }, () => retryDelay(attempt)),
+}))"""
+DRAWS = 1000
+
+
+def test_retry_waits_are_drawn_from_zero_to_a_doubling_ceiling(stack, open_page, alice):
+    """Full jitter: a wait anywhere between 0 and the ceiling, which doubles
+    from 0.5 s to at most 30 s. Half the draws fall in the lower half of the
+    range (none would, were they drawn from the upper half only)."""
+    page = open_page()
+    log_in(page, stack.url, alice)  # the demo page, which loads app.js
+    draws = page.evaluate(DRAW_RETRY_DELAYS, DRAWS)
+    for attempt, draw in enumerate(draws):
+        ceiling = min(30_000, 500 * 2**attempt)
+        assert draw["ceiling"] == ceiling
+        assert all(0 <= delay <= ceiling for delay in draw["delays"])
+        lower_half = sum(delay < ceiling / 2 for delay in draw["delays"])
+        # 500 expected; outside these bounds by chance about once in 10^50.
+        assert DRAWS // 4 < lower_half < DRAWS * 3 // 4, (attempt, lower_half)
+        assert min(draw["delays"]) < ceiling / 10
+    # After a 1001, the first retry's ceiling is 4 s.
+    assert page.evaluate("retryCeiling(GOING_AWAY_FIRST_ATTEMPT)") == 4_000
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 // The demo client: an echo socket and a chat socket, each reconnecting by
-// itself with jittered exponential backoff. Received text is written with
-// textContent, never innerHTML: a message is data, not markup.
+// itself with exponential backoff and full jitter (a random wait between 0
+// and a ceiling that doubles with each failed attempt), unless the server
+// closed it by policy (1008). Received text is written with textContent, never
+// innerHTML: a message is data, not markup.
 "use strict";
 
 const MAX_MESSAGE_SIZE = Number(document.currentScript.dataset.maxMessageSize);
@@ -29,11 +31,31 @@ function showStatus() {
   statusEl.classList.toggle("connected", open);
 }
 
-// 0.5 s, 1 s, 2 s ... up to 30 s, each drawn at random from its lower half to
-// the full value, so that clients dropped together do not return together.
-function backoff(attempt) {
-  const ceiling = Math.min(30000, 500 * 2 ** attempt);
-  return ceiling / 2 + Math.random() * (ceiling / 2);
+// The ceilings of the waits: 0.5 s, 1 s, 2 s ... then 30 s for every further
+// attempt. The wait is drawn anywhere between 0 and the ceiling, so clients
+// dropped together return spread over the whole of it, not in its upper half.
+const RETRY_FIRST_CEILING_MS = 500;
+const RETRY_MAX_CEILING_MS = 30_000;
+// A 1001 ("going away": the server stops or reloads, as on every deploy)
+// reaches all of its clients in the same moment, so it gets no quick first
+// retry: a small first ceiling would bring them all back within the same half
+// second, a storm of handshakes on a server that is just starting. Their first
+// retry is spread over 4 s instead, the ceiling of the fourth retry (a
+// restarted server needs a moment to boot anyway). A client dropped alone
+// (1006, 1011) still tries again within 0.5 s.
+const GOING_AWAY = 1001;
+const GOING_AWAY_FIRST_ATTEMPT = 3;
+// Refused by policy (revoked credentials, too slow, flooding): trying again
+// would not help.
+const POLICY_VIOLATION = 1008;
+
+// The ceiling after `attempt` failed attempts in a row (0 for the first retry).
+function retryCeiling(attempt) {
+  return Math.min(RETRY_MAX_CEILING_MS, RETRY_FIRST_CEILING_MS * 2 ** attempt);
+}
+
+function retryDelay(attempt) {
+  return Math.random() * retryCeiling(attempt);
 }
 
 function connect(name, path, onMessage) {
@@ -48,8 +70,11 @@ function connect(name, path, onMessage) {
     ws.addEventListener("message", (event) => onMessage(event.data));
     ws.addEventListener("close", (event) => {
       showStatus();
-      if (event.code === 1008) return; // refused by policy: retrying will not help
-      setTimeout(open, backoff(attempt++));
+      if (event.code === POLICY_VIOLATION) return;
+      if (event.code === GOING_AWAY) {
+        attempt = Math.max(attempt, GOING_AWAY_FIRST_ATTEMPT);
+      }
+      setTimeout(open, retryDelay(attempt++));
     });
   };
   open();
