@@ -640,7 +640,8 @@ def main() -> None:
                     )
                     for k, v in samples.most_common():
                         print(
-                            f"    {cpu_us * v / total:8.0f} us  {100 * v / total:5.1f}%  {k}"
+                            f"    {cpu_us * v / total:8.0f} us"
+                            f"  {100 * v / total:5.1f}%  {k}"
                         )
     finally:
         bench.close()
