@@ -104,24 +104,27 @@ def test_with_json_every_line_the_server_writes_is_an_object(start_server, alice
     assert 0 <= closed["duration"] < 60
 
 
-def test_text_lines_end_with_the_request_id(server, alice):
-    with open_socket(server, "/ws/echo", token=bearer_token(server, alice)) as ws:
+def test_text_lines_end_with_the_request_id(server, make_user):
+    # A user of its own: the shared server's log has other sockets' lines.
+    email = make_user()
+    with open_socket(server, "/ws/echo", token=bearer_token(server, email)) as ws:
         assert echoes(ws)
-    wait_until(lambda: socket_closed(server, alice), 10, "the socket's last line")
+    wait_until(lambda: socket_closed(server, email), 10, "the socket's last line")
     log = server.log()
     opened = re.findall(
-        rf"\] WebSocket /ws/echo opened by {re.escape(alice)} from \S+ "
+        rf"\] WebSocket /ws/echo opened by {re.escape(email)} from \S+ "
         r"\[request ([0-9a-f]{32})\]$",
         log,
         re.M,
     )
     closed = re.findall(
-        rf"\] WebSocket /ws/echo of {re.escape(alice)} closed with 1000 after "
+        rf"\] WebSocket /ws/echo of {re.escape(email)} closed with 1000 after "
         r"[\d.]+ s \[request ([0-9a-f]{32})\]$",
         log,
         re.M,
     )
-    assert opened[-1] == closed[-1]
+    assert len(opened) == len(closed) == 1
+    assert opened == closed
 
 
 @pytest.fixture(scope="module")
