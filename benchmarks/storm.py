@@ -26,9 +26,10 @@ It reports the time from SIGTERM until all N are back and have echoed, the
 percentiles of each client's time to be back (from SIGTERM and from its own
 close), the attempts, the failed attempts by reason (HTTP status, close code,
 errno name, timeout), the close codes the storm's closes carried (every one
-should be 1001), the peak of successful handshakes in any one second, and
-when the old gunicorn let go of the port, the new one started and first
-answered /healthz, and the old one exited. The client's own CPU share says
+should be 1001), the peak of successful handshakes (and of attempts) in any
+one second, and when the old gunicorn let go of the port, the new one started
+and first answered /healthz, and the old one exited; and, second by second,
+the attempts, the handshakes and the clients back. The client's own CPU share says
 whether the client, rather than the service, set the pace. The exit status
 is 1 when a client was not back within --deadline seconds of the SIGTERM.
 """
@@ -133,6 +134,8 @@ class Storm:
     # Closes of a socket a client had got back, before everyone was back.
     closed_again: Counter = field(default_factory=Counter)
     attempts: int = 0
+    # Monotonic times the attempts began.
+    attempt_times: list[float] = field(default_factory=list)
     failed_attempts: Counter = field(default_factory=Counter)
     # Monotonic times of the handshakes that succeeded after SIGTERM.
     handshakes: list[float] = field(default_factory=list)
@@ -178,6 +181,7 @@ async def reconnect(storm: Storm, client: Client):
         attempt += 1
         client.attempts += 1
         storm.attempts += 1
+        storm.attempt_times.append(time.monotonic())
         try:
             return await open_and_echo(storm, client, f"back {client.index}")
         except Exception:
@@ -287,6 +291,14 @@ def percentiles(values: list[float]) -> dict:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
 
 
+def per_second(times: list[float], start: float) -> list[int]:
+    """How many of `times` fell in each second from `start`."""
+    counts = [0] * (math.floor(max(times, default=start) - start) + 1)
+    for moment in times:
+        counts[math.floor(moment - start)] += 1
+    return counts
+
+
 def peak_per_second(times: list[float]) -> int:
     """The most events in any one-second window."""
     ordered, peak, first = sorted(times), 0, 0
@@ -384,6 +396,13 @@ async def measure(variant, old, plan, arguments, progress) -> dict:
             "failed_attempts_by_reason": dict(storm.failed_attempts.most_common()),
             "handshakes": len(storm.handshakes),
             "peak_handshakes_per_second": peak_per_second(storm.handshakes),
+            "peak_attempts_per_second": peak_per_second(storm.attempt_times),
+            # Second by second from SIGTERM, to see the storm's shape.
+            "by_second": {
+                "attempts": per_second(storm.attempt_times, sigterm),
+                "handshakes": per_second(storm.handshakes, sigterm),
+                "back": per_second([c.back_at for c in back], sigterm),
+            },
             "gunicorn": {name: round(value, 3) for name, value in times.items()},
             "client_cpu_share": round(cpu / max(ended - sigterm, 1e-9), 3),
         }
@@ -424,7 +443,8 @@ def print_summary(report: dict) -> None:
         f"attempts    {report['attempts']} (max "
         f"{report['attempts_per_client']['max'] or 0:.0f} per client), "
         f"{report['failed_attempts']} refused or failed; "
-        f"peak {report['peak_handshakes_per_second']} handshakes/s",
+        f"peak {report['peak_attempts_per_second']} attempts/s, "
+        f"{report['peak_handshakes_per_second']} handshakes/s",
         f"backoff     full jitter, base {report['backoff']['base']} s, "
         f"cap {report['backoff']['cap']} s",
     ]
@@ -472,8 +492,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         default=200,
         help="handshakes in flight at once before the storm",
     )
+    # A browser waits far longer than this for a handshake. A client that
+    # gives up sooner than the server's queue drains makes the server answer
+    # clients that have left, and the storm feeds itself.
     parser.add_argument(
-        "--timeout", type=loadtest.positive(float), default=10, help="s per step"
+        "--timeout",
+        type=loadtest.positive(float),
+        default=30,
+        help="seconds per step: connect and handshake, then the echo",
     )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -489,9 +515,9 @@ def main(argv=None) -> int:
     baked = existing_bake(root)
     n = arguments.connections
     # For this process and the servers it starts (run.py's), then what the
-    # client needs: the old sockets may linger while the new ones open.
+    # client needs: a client's old socket is closed before it tries again.
     bench.raise_open_file_limit()
-    loadtest.raise_open_file_limit(2 * n + loadtest.SPARE_FILE_DESCRIPTORS)
+    loadtest.raise_open_file_limit(n + loadtest.SPARE_FILE_DESCRIPTORS)
     workdir = Path(tempfile.mkdtemp(prefix="storm-"))
     last_line = [0.0]
 

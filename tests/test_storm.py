@@ -80,7 +80,12 @@ def test_every_socket_gets_1001_and_comes_back_after_a_restart(storm_bake, tmp_p
     assert sum(reasons.values()) == report["failed_attempts"]
     assert [reason for reason in reasons if not REFUSALS.fullmatch(reason)] == []
     assert report["handshakes"] == SOCKETS + reasons.get("closed 1001 (echo)", 0)
-    assert 1 <= report["peak_handshakes_per_second"] <= SOCKETS
+    assert 1 <= report["peak_handshakes_per_second"] <= report["handshakes"]
+    assert 1 <= report["peak_attempts_per_second"] <= report["attempts"]
+    series = report["by_second"]
+    assert sum(series["back"]) == SOCKETS
+    assert sum(series["handshakes"]) == report["handshakes"]
+    assert sum(series["attempts"]) == report["attempts"]
     gunicorn = report["gunicorn"]
     assert 0 <= gunicorn["port_released"] <= gunicorn["new_started"]
     assert gunicorn["new_started"] <= gunicorn["new_answered"]
