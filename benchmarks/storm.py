@@ -459,7 +459,8 @@ def print_summary(report: dict) -> None:
         lines.append(f"closed again before all were back: {codes}")
     lines.append(
         f"client      {report['client_cpu_share']:.0%} of a core during the storm; "
-        f"load average {report['load_before']:.2f} before"
+        f"load average {report['load_before']:.2f} before, "
+        f"{report['load_after']:.2f} after, on {report['cores']} cores"
     )
     print("\n".join(lines))
 
@@ -538,6 +539,7 @@ def main(argv=None) -> int:
             "base": arguments.base,
             "cap": arguments.cap,
         },
+        "cores": os.cpu_count(),
         "load_before": os.getloadavg()[0],
     }
     with contextlib.ExitStack() as stack:
