@@ -1,0 +1,597 @@
+"""The reconnect storm: what a deploy does to a busy service, measured.
+
+    .venv/bin/python benchmarks/storm.py /path/to/a/bake -n 10000 --json storm.json
+
+Run by a bake's own venv python (it has websockets, requests and pytest, which
+the bake's tests/nginx.py needs), given the bake's folder. It starts what
+benchmarks/run.py starts, with the same settings: the bake's gunicorn from its
+gunicorn.conf.py (the worker class as baked, two workers), the machine's nginx
+in front with the bake's generated configuration (tests/nginx.py), a
+migrated SQLite database with one user, and a redis-server of its own for a
+bake with broadcast = redis. The per-user socket limit and the login limits
+are lifted, as run.py lifts them.
+
+Then it opens N sockets through nginx to /ws/echo with a bearer token fetched
+once up front, checks each with an echo, and restarts gunicorn as a deploy
+does: SIGTERM to the master, and a new gunicorn on the same port as soon as
+the old one has let go of it (see `restart`). Every client reconnects when its
+socket closes, with full-jitter exponential backoff: before attempt k (from
+0) it waits a delay drawn uniformly from [0, min(cap, base * 2**k)]; a
+refused handshake (502 while no gunicorn listens, 503, 429), a failed connect
+or a timeout counts as an attempt. Back, it echoes once; that client is then
+back. A client whose new socket closes before everyone is back reconnects
+again, and counts as back only once it is.
+
+It reports the time from SIGTERM until all N are back and have echoed, the
+percentiles of each client's time to be back (from SIGTERM and from its own
+close), the attempts, the failed attempts by reason (HTTP status, close code,
+errno name, timeout), the close codes the storm's closes carried (every one
+should be 1001), the peak of successful handshakes (and of attempts) in any
+one second, and when the old gunicorn let go of the port, the new one started
+and first answered /healthz, and the old one exited; and, second by second,
+the attempts, the handshakes and the clients back. The client's own CPU share says
+whether the client, rather than the service, set the pace. The exit status
+is 1 when a client was not back within --deadline seconds of the SIGTERM.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Siblings in benchmarks/: run.py starts the servers as the benchmarks do,
+# loadtest.py opens the sockets and names failures as its report does.
+import loadtest
+import run as bench
+
+ROUTE = "/ws/echo"
+# Seconds between looks at whether the old gunicorn still holds the port.
+PORT_POLL_SECONDS = 0.005
+
+
+# --- the servers -----------------------------------------------------------------
+
+
+class Gunicorn(bench.Service):
+    """The bake's gunicorn as run.py's Variant.app starts it, on a given port:
+    the new one must take the old one's."""
+
+    def __init__(self, variant: bench.Variant, port: int, name: str):
+        self.name = name
+        self.port = port
+        self.log_path = variant.logs / f"{name}-{port}.log"
+        command = [variant.bake.bin("gunicorn"), "-c", "gunicorn.conf.py"]
+        command += ["--bind", f"127.0.0.1:{port}"]
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [str(part) for part in command],
+            cwd=variant.bake.root,
+            env=variant.bake.environ(**variant.settings, WS_COMPRESSION="off"),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.process.pid
+
+
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port`, as gunicorn binds it (with
+    SO_REUSEADDR, so connections in TIME_WAIT do not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return False
+            raise
+        return True
+
+
+def existing_bake(root: Path) -> bench.Bake:
+    """A bake made earlier (cookiecutter, then its .venv), as run.py's own."""
+    answers = json.loads((root / ".cookiecutter.json").read_text())["cookiecutter"]
+    if answers.get("use_docker") != "y":
+        sys.exit("error: the bake has no nginx configuration (use_docker=n)")
+    if not (root / ".venv" / "bin" / "gunicorn").exists():
+        sys.exit(f"error: {root}/.venv has no gunicorn; install the bake first")
+    baked = bench.Bake(answers["worker_class"], root, answers["package_name"])
+    script = (
+        f"from {baked.package}.config import Settings; print(*Settings.model_fields)"
+    )
+    baked.setting_names = tuple(bench.run([baked.python, "-c", script]).stdout.split())
+    baked.broadcast = answers["broadcast"]
+    return baked
+
+
+# --- the clients -----------------------------------------------------------------
+
+
+@dataclass
+class Storm:
+    plan: loadtest.Plan
+    base: float
+    cap: float
+    sigterm_at: float = 0.0
+    all_back_at: float | None = None
+    back_now: int = 0
+    everyone_back: asyncio.Event = field(default_factory=asyncio.Event)
+    # The code each storm close carried (a client's first close after SIGTERM).
+    close_codes: Counter = field(default_factory=Counter)
+    # Closes of a socket a client had got back, before everyone was back.
+    closed_again: Counter = field(default_factory=Counter)
+    attempts: int = 0
+    # Monotonic times the attempts began.
+    attempt_times: list[float] = field(default_factory=list)
+    failed_attempts: Counter = field(default_factory=Counter)
+    # Monotonic times of the handshakes that succeeded after SIGTERM.
+    handshakes: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Client:
+    index: int
+    ws: object = None
+    closed_at: float | None = None
+    back_at: float | None = None
+    attempts: int = 0
+    last_failure: str | None = None
+    back: bool = False
+
+
+async def open_and_echo(storm: Storm, client: Client, text: str):
+    """One attempt: connect, handshake, echo. The socket, or the exception."""
+    plan = storm.plan
+    step, ws = "handshake", None
+    try:
+        ws = await asyncio.wait_for(
+            loadtest.open_socket(plan, client.index), plan.timeout
+        )
+        if storm.sigterm_at:
+            storm.handshakes.append(time.monotonic())
+        step = "echo"
+        await loadtest.echo_once(ws, text, plan.timeout)
+        return ws
+    except Exception as error:
+        if ws is not None:
+            await loadtest.close_quietly(ws)
+        client.last_failure = loadtest.failure_reason(error, step)
+        raise
+
+
+async def reconnect(storm: Storm, client: Client):
+    """Until it is back: wait a full-jitter delay, then try once."""
+    attempt = 0
+    while True:
+        ceiling = min(storm.cap, storm.base * 2**attempt)
+        await asyncio.sleep(random.uniform(0, ceiling))  # noqa: S311 (jitter)
+        attempt += 1
+        client.attempts += 1
+        storm.attempts += 1
+        storm.attempt_times.append(time.monotonic())
+        try:
+            return await open_and_echo(storm, client, f"back {client.index}")
+        except Exception:
+            storm.failed_attempts[client.last_failure] += 1
+
+
+async def live(storm: Storm, client: Client) -> None:
+    """Hold the socket; when it closes, come back. Cancelled at the end."""
+    while True:
+        await client.ws.wait_closed()
+        # 1006: closed without a close frame.
+        code = client.ws.close_code or 1006
+        if client.closed_at is None:
+            client.closed_at = time.monotonic()
+            storm.close_codes[code] += 1
+        else:
+            storm.closed_again[code] += 1
+        if client.back:
+            client.back = False
+            storm.back_now -= 1
+        client.ws = await reconnect(storm, client)
+        client.back, client.back_at = True, time.monotonic()
+        storm.back_now += 1
+        if storm.back_now == storm.plan.connections:
+            storm.all_back_at = time.monotonic()
+            storm.everyone_back.set()
+
+
+async def open_all(storm: Storm, clients: list[Client], progress) -> Counter:
+    """The N sockets before the storm, at --rate, --concurrency in flight; the
+    failures by reason (none expected)."""
+    plan = storm.plan
+    failures: Counter = Counter()
+    gate = asyncio.Semaphore(plan.concurrency)
+    started = time.monotonic()
+
+    async def one(client: Client) -> None:
+        try:
+            client.ws = await open_and_echo(storm, client, f"hello {client.index}")
+        except Exception:
+            failures[client.last_failure] += 1
+        finally:
+            gate.release()
+
+    tasks = []
+    for client in clients:
+        delay = started + client.index / plan.rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await gate.acquire()
+        tasks.append(asyncio.create_task(one(client)))
+        progress(f"opening: {client.index + 1} of {plan.connections} started")
+    await asyncio.gather(*tasks)
+    for client in clients:
+        client.last_failure = None
+    return failures
+
+
+# --- the restart -------------------------------------------------------------------
+
+
+async def restart(variant: bench.Variant, old: Gunicorn, storm: Storm) -> dict:
+    """SIGTERM to the old master; the new gunicorn on the same port as soon as
+    the old one has closed its listening socket; the times of each step, in
+    seconds from the SIGTERM.
+
+    Why not both at once with SO_REUSEPORT (gunicorn's --reuse-port): the
+    kernel then spreads new connections over both listening sockets, and a
+    stopping gunicorn's workers keep theirs open after they stop accepting
+    (gevent's for up to a second), so the connections queued there are reset
+    when it closes; and a deploy that restarts a unit or a container also
+    stops the old process before it starts the new one."""
+    times: dict = {}
+    storm.sigterm_at = time.monotonic()
+    old.process.send_signal(signal.SIGTERM)
+    while not port_is_free(old.port):
+        await asyncio.sleep(PORT_POLL_SECONDS)
+    times["port_released"] = time.monotonic() - storm.sigterm_at
+    new = Gunicorn(variant, old.port, f"app-{variant.worker_class}-new")
+    times["new_started"] = time.monotonic() - storm.sigterm_at
+    variant.started.append(new)
+
+    async def ready() -> None:
+        await asyncio.to_thread(new.wait_until_listening, "/healthz", 120)
+        times["new_answered"] = time.monotonic() - storm.sigterm_at
+
+    async def old_exit() -> None:
+        await asyncio.to_thread(old.process.wait)
+        times["old_exited"] = time.monotonic() - storm.sigterm_at
+
+    times["tasks"] = [asyncio.create_task(ready()), asyncio.create_task(old_exit())]
+    return times
+
+
+# --- the run ----------------------------------------------------------------------
+
+
+def percentiles(values: list[float]) -> dict:
+    share = loadtest.percentile
+    figures = {
+        "count": len(values),
+        "p50": share(values, 0.5),
+        "p90": share(values, 0.9),
+        "p99": share(values, 0.99),
+        "max": max(values) if values else None,
+    }
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+
+
+def per_second(times: list[float], start: float) -> list[int]:
+    """How many of `times` fell in each second from `start`."""
+    counts = [0] * (math.floor(max(times, default=start) - start) + 1)
+    for moment in times:
+        counts[math.floor(moment - start)] += 1
+    return counts
+
+
+def peak_per_second(times: list[float]) -> int:
+    """The most events in any one-second window."""
+    ordered, peak, first = sorted(times), 0, 0
+    for last, moment in enumerate(ordered):
+        while moment - ordered[first] >= 1.0:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak
+
+
+async def measure(variant, old, plan, arguments, progress) -> dict:
+    storm = Storm(plan, arguments.base, arguments.cap)
+    clients = [Client(index) for index in range(plan.connections)]
+    report: dict = {"sockets": plan.connections}
+    opening = time.monotonic()
+    failures = await open_all(storm, clients, progress)
+    report["open_seconds"] = round(time.monotonic() - opening, 3)
+    report["opened"] = sum(1 for client in clients if client.ws is not None)
+    report["open_failures"] = dict(failures.most_common())
+    if failures:
+        for client in clients:
+            if client.ws is not None:
+                await loadtest.close_quietly(client.ws)
+        return report
+
+    lives = [asyncio.create_task(live(storm, client)) for client in clients]
+    cpu_before = time.process_time()
+    times = await restart(variant, old, storm)
+    deadline = storm.sigterm_at + arguments.deadline
+    while not storm.everyone_back.is_set() and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(storm.everyone_back.wait(), 1.0)
+        progress(
+            f"storm {time.monotonic() - storm.sigterm_at:5.1f} s: "
+            f"{sum(storm.close_codes.values())} closed, {storm.back_now} back, "
+            f"{storm.attempts} attempts, {sum(storm.failed_attempts.values())} "
+            "refused or failed",
+            force=True,
+        )
+    ended = time.monotonic()
+    cpu = time.process_time() - cpu_before
+    for task in lives:
+        task.cancel()
+    for outcome in await asyncio.gather(*lives, return_exceptions=True):
+        if not isinstance(outcome, asyncio.CancelledError):
+            raise outcome  # a bug here, not a failure of the service
+    # The new gunicorn answers /healthz long before a full storm ends.
+    ready, exited = times.pop("tasks")
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(ready), 30)
+    if exited.done():
+        exited.result()
+
+    sigterm = storm.sigterm_at
+    back = [client for client in clients if client.back]
+    missing = Counter()
+    for client in clients:
+        if client.back:
+            continue
+        if client.closed_at is None:
+            missing["not closed by the server"] += 1
+        elif client.last_failure:
+            missing[f"last attempt: {client.last_failure}"] += 1
+        else:
+            missing["no attempt finished"] += 1
+    all_back = storm.everyone_back.is_set()
+    first_closes = [c.closed_at - sigterm for c in clients if c.closed_at]
+    report.update(
+        {
+            "all_back": all_back,
+            "all_back_seconds": (
+                round(storm.all_back_at - sigterm, 3) if all_back else None
+            ),
+            "back": len(back),
+            "failed": plan.connections - len(back),
+            "failed_by_reason": dict(missing.most_common()),
+            "deadline_seconds": arguments.deadline,
+            "close_codes": {
+                str(code): count for code, count in sorted(storm.close_codes.items())
+            },
+            "all_1001": storm.close_codes == Counter({1001: plan.connections}),
+            "last_close_seconds": round(max(first_closes), 3) if first_closes else None,
+            "closed_again": {
+                str(code): count for code, count in sorted(storm.closed_again.items())
+            },
+            "back_seconds": percentiles([c.back_at - sigterm for c in back]),
+            "back_after_close_seconds": percentiles(
+                [c.back_at - c.closed_at for c in back]
+            ),
+            "attempts": storm.attempts,
+            "attempts_per_client": percentiles(
+                [float(c.attempts) for c in clients if c.closed_at]
+            ),
+            "failed_attempts": sum(storm.failed_attempts.values()),
+            "failed_attempts_by_reason": dict(storm.failed_attempts.most_common()),
+            "handshakes": len(storm.handshakes),
+            "peak_handshakes_per_second": peak_per_second(storm.handshakes),
+            "peak_attempts_per_second": peak_per_second(storm.attempt_times),
+            # Second by second from SIGTERM, to see the storm's shape.
+            "by_second": {
+                "attempts": per_second(storm.attempt_times, sigterm),
+                "handshakes": per_second(storm.handshakes, sigterm),
+                "back": per_second([c.back_at for c in back], sigterm),
+            },
+            "gunicorn": {name: round(value, 3) for name, value in times.items()},
+            "client_cpu_share": round(cpu / max(ended - sigterm, 1e-9), 3),
+        }
+    )
+    await loadtest.gather_limited(
+        (loadtest.close_quietly(c.ws) for c in clients if c.ws is not None),
+        plan.concurrency,
+    )
+    return report
+
+
+def print_summary(report: dict) -> None:
+    if report.get("open_failures"):
+        reasons = ", ".join(f"{k}: {v}" for k, v in report["open_failures"].items())
+        print(
+            f"opened {report['opened']} of {report['sockets']} sockets before the "
+            f"storm ({reasons}); no storm measured"
+        )
+        return
+    gunicorn = report["gunicorn"]
+    back = report["back_seconds"]
+    when = (
+        f"all back and echoed {report['all_back_seconds']:.2f} s after SIGTERM"
+        if report["all_back"]
+        else f"{report['failed']} not back within {report['deadline_seconds']} s"
+    )
+    codes = ", ".join(f"{k}: {v}" for k, v in report["close_codes"].items())
+    lines = [
+        f"storm       {report['sockets']} {report['worker_class']} sockets through "
+        f"nginx: {when}",
+        f"closes      {codes or 'none'}"
+        + ("" if report["all_1001"] else "  (not every socket got 1001)"),
+        f"gunicorn    port free {gunicorn['port_released']:.2f} s, new one "
+        f"answered {gunicorn.get('new_answered', math.nan):.2f} s, old one exited "
+        f"{gunicorn.get('old_exited', math.nan):.2f} s after SIGTERM",
+        f"back        s after SIGTERM: p50 {back['p50']}  p90 {back['p90']}  "
+        f"p99 {back['p99']}  max {back['max']}",
+        f"attempts    {report['attempts']} (max "
+        f"{report['attempts_per_client']['max'] or 0:.0f} per client), "
+        f"{report['failed_attempts']} refused or failed; "
+        f"peak {report['peak_attempts_per_second']} attempts/s, "
+        f"{report['peak_handshakes_per_second']} handshakes/s",
+        f"backoff     full jitter, base {report['backoff']['base']} s, "
+        f"cap {report['backoff']['cap']} s",
+    ]
+    if report["failed_attempts_by_reason"]:
+        reasons = report["failed_attempts_by_reason"].items()
+        lines.append("refusals    " + ", ".join(f"{k}: {v}" for k, v in reasons))
+    if report["failed_by_reason"]:
+        reasons = report["failed_by_reason"].items()
+        lines.append("not back    " + ", ".join(f"{k}: {v}" for k, v in reasons))
+    if report["closed_again"]:
+        codes = ", ".join(f"{k}: {v}" for k, v in report["closed_again"].items())
+        lines.append(f"closed again before all were back: {codes}")
+    lines.append(
+        f"client      {report['client_cpu_share']:.0%} of a core during the storm; "
+        f"load average {report['load_before']:.2f} before, "
+        f"{report['load_after']:.2f} after, on {report['cores']} cores"
+    )
+    print("\n".join(lines))
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bake", type=Path, help="a bake's folder, with its .venv")
+    parser.add_argument("-n", "--connections", type=loadtest.positive(int), default=100)
+    parser.add_argument(
+        "--base", type=loadtest.positive(float), default=0.5, help="backoff base, s"
+    )
+    parser.add_argument(
+        "--cap", type=loadtest.positive(float), default=30, help="backoff cap, s"
+    )
+    parser.add_argument(
+        "--deadline",
+        type=loadtest.positive(float),
+        default=120,
+        help="seconds after SIGTERM by which every client must be back",
+    )
+    parser.add_argument(
+        "--rate",
+        type=loadtest.positive(float),
+        default=1000,
+        help="new sockets per second before the storm",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=loadtest.positive(int),
+        default=200,
+        help="handshakes in flight at once before the storm",
+    )
+    # A browser waits far longer than this for a handshake. A client that
+    # gives up sooner than the server's queue drains makes the server answer
+    # clients that have left, and the storm feeds itself.
+    parser.add_argument(
+        "--timeout",
+        type=loadtest.positive(float),
+        default=30,
+        help="seconds per step: connect and handshake, then the echo",
+    )
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--keep", action="store_true", help="keep the logs' folder")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    if not bench.find_nginx():
+        sys.exit("error: nginx is needed (Debian: nginx)")
+    root = arguments.bake.resolve()
+    baked = existing_bake(root)
+    n = arguments.connections
+    # For this process and the servers it starts (run.py's), then what the
+    # client needs: a client's old socket is closed before it tries again.
+    bench.raise_open_file_limit()
+    loadtest.raise_open_file_limit(n + loadtest.SPARE_FILE_DESCRIPTORS)
+    workdir = Path(tempfile.mkdtemp(prefix="storm-"))
+    last_line = [0.0]
+
+    def progress(line: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not arguments.quiet and (force or now - last_line[0] > 1):
+            last_line[0] = now
+            print(line, file=sys.stderr, flush=True)
+
+    report: dict = {
+        "bake": str(root),
+        "worker_class": baked.worker_class,
+        "workers": bench.WORKERS,
+        "takeover": "sequential: the new gunicorn binds the port once the old "
+        "one has closed its listening socket",
+        "backoff": {
+            "kind": "full jitter",
+            "base": arguments.base,
+            "cap": arguments.cap,
+        },
+        "cores": os.cpu_count(),
+        "load_before": os.getloadavg()[0],
+    }
+    with contextlib.ExitStack() as stack:
+        if not arguments.keep:
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        redis_url = "redis://127.0.0.1:6379/0"  # the default; memory bakes ignore it
+        if baked.broadcast == "redis":
+            redis = bench.start_redis(workdir)
+            stack.callback(redis.stop)
+            redis_url = f"redis://127.0.0.1:{redis.port}/0"
+        variant = bench.Variant(baked, redis_url, workdir)
+        variant.started = []
+        # Stopped after nginx (an ExitStack unwinds last to first): every
+        # gunicorn that ran, old and new.
+        stack.callback(lambda: [server.stop() for server in variant.started])
+        old = Gunicorn(variant, bench.free_port(), f"app-{baked.worker_class}-old")
+        variant.started.append(old)
+        old.wait_until_listening("/healthz")
+        nginx = variant.nginx(old)
+        stack.callback(nginx.stop)
+        url = f"ws://127.0.0.1:{nginx.port}{ROUTE}"
+        token = loadtest.fetch_token(
+            loadtest.token_url_for(url), bench.USER, bench.PASSWORD, arguments.timeout
+        )
+        plan = loadtest.Plan(
+            url=url,
+            connections=n,
+            rate=arguments.rate,
+            concurrency=arguments.concurrency,
+            hold=0,
+            traffic="idle",
+            compression=False,
+            message_size=32,
+            timeout=arguments.timeout,
+            token=token,
+            # Room for the old sockets' ports too, while they close.
+            source_addresses=loadtest.source_addresses(url, 2 * n, None),
+            stop_on_failure=False,
+            warmup=0,
+            watched={},
+        )
+        report["url"] = url
+        report.update(asyncio.run(measure(variant, old, plan, arguments, progress)))
+        report["load_after"] = os.getloadavg()[0]
+        if arguments.keep:
+            report["logs"] = str(variant.logs)
+    print_summary(report)
+    if arguments.json:
+        arguments.json.write_text(json.dumps(report, indent=2) + "\n")
+    ok = not report.get("open_failures") and report.get("all_back")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
