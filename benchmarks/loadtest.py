@@ -496,7 +496,7 @@ async def hold_socket(
                     await asyncio.wait_for(ws.wait_closed(), remaining)
                 except TimeoutError:
                     return True  # still open at the end of the hold: held
-                code = ws.close_rcvd.code if ws.close_rcvd else 1006
+                code = ws.close_code or 1006  # 1006: no close frame
                 raise ConnectionClosedBy(code)
             return True
         message = "x" * plan.message_size
