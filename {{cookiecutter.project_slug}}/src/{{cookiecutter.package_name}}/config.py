@@ -264,9 +264,9 @@ class Settings(BaseSettings):
 {%- if cookiecutter.database == "postgresql" %}
             "SQLALCHEMY_ENGINE_OPTIONS": engine_options(database_url),
 {%- else %}
-            # Check a pooled connection before use: the database may have
-            # restarted since. https://docs.sqlalchemy.org/en/20/core/pooling.html#pool-disconnects
-            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+            # SQLite is a file, with no server to restart under a pooled
+            # connection: no pre-ping, which would cost every request a query.
+            "SQLALCHEMY_ENGINE_OPTIONS": {},
 {%- endif %}
             # For auth/limits.py, which reads AUTH_LIMIT_PER_*. A moving
             # window: a fixed one lets twice the limit through across the turn
@@ -342,13 +342,15 @@ def one_line(error: ValidationError) -> str:
 
 
 def engine_options(database_url: str) -> dict:
-    # Check a pooled connection before use: the database may have restarted
-    # since. https://docs.sqlalchemy.org/en/20/core/pooling.html#pool-disconnects
-    options: dict = {"pool_pre_ping": True}
-    if database_url.startswith("postgresql"):
+    if not database_url.startswith("postgresql"):
+        return {}  # SQLite: a file, with no server to restart
+    return {
+        # Check a pooled connection before use: the server may have restarted
+        # since. https://docs.sqlalchemy.org/en/20/core/pooling.html#pool-disconnects
+        "pool_pre_ping": True,
         # A server that does not answer fails a request in seconds (503)
         # instead of holding its thread for minutes.
         # https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNECT-CONNECT-TIMEOUT
-        options["connect_args"] = {"connect_timeout": 5}
-    return options
+        "connect_args": {"connect_timeout": 5},
+    }
 {%- endif %}
