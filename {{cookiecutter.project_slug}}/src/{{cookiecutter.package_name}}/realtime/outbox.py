@@ -71,7 +71,9 @@ class Outbox:
         with self._lock:
             if self._aborted or self._reader_done:
                 raise BrokenPipeError("the WebSocket is closed")
-            if self.close_code is None:
+            # A data frame is written alone; control frames (a pong and a
+            # close) may come together.
+            if self.close_code is None and frame and frame[0] & 0x0F >= CLOSE:
                 self.close_code = close_code(frame)
             if self._writing:
                 self._queue.append(memoryview(frame))
