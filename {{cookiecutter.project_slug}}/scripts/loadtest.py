@@ -115,7 +115,12 @@ async def run(arguments, token: str) -> tuple[int, int, Counter, float, tuple]:
     opened = await asyncio.gather(*(open_one() for _ in range(arguments.connections)))
     sockets = [ws for ws in opened if ws is not None]
     opening = time.monotonic() - started
-    await asyncio.sleep(arguments.hold)
+    # The hold ends early once the server has closed every socket (a deploy).
+    closing = [asyncio.ensure_future(ws.wait_closed()) for ws in sockets]
+    if closing:
+        await asyncio.wait(closing, timeout=arguments.hold)
+    for waiting in closing:
+        waiting.cancel()
     memory = resident_memory(arguments.server_pid) if arguments.server_pid else ()
     answered = await asyncio.gather(*(echo(ws, i) for i, ws in enumerate(sockets)))
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
