@@ -1,5 +1,6 @@
 """benchmarks/storm.py, the reconnect storm of a deploy: run small against a
-gthread and a gevent bake, with the bake's python as the benchmarks run it.
+gevent bake, the worker class the storm is measured on (thousands of
+sockets), with the bake's python as the benchmarks run it.
 
 It starts its own gunicorn and nginx from the bake, so a bake with its locked
 venv is all a test gives it.
@@ -29,7 +30,7 @@ def find_nginx() -> str | None:
     )
 
 
-@pytest.fixture(scope="module", params=["gthread", "gevent"])
+@pytest.fixture(scope="module", params=["gevent"])
 def storm_bake(request, cookies_session):
     """(worker class, a bake of it with its locked venv): SQLite, memory chat."""
     uv = shutil.which("uv")
