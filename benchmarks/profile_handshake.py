@@ -58,13 +58,16 @@ import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
+# A sibling in benchmarks/: the service's settings and the worker sizes are
+# run.py's.
+import run as bench
+
 BENCHMARKS = Path(__file__).resolve().parent
 USER = "profile@example.com"
 PASSWORD = secrets.token_urlsafe(16)
-# The same as benchmarks/run.py.
-WORKERS = 2
-THREADS = 1000
-WORKER_CONNECTIONS = 10000
+WORKERS = bench.WORKERS
+THREADS = bench.THREADS
+WORKER_CONNECTIONS = bench.WORKER_CONNECTIONS
 KEEPALIVE = 5
 TIMEOUT = 30
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -268,18 +271,10 @@ class Bench:
         self.processes.append(redis)
         wait_for_port(self.redis_port, redis)
         self.settings = {
-            "APP_ENV": "production",
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            "DATABASE_URL": f"sqlite:///{workdir / 'profile.db'}",
-            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-            "TRUSTED_PROXY_COUNT": "1",
-            "WEB_CONCURRENCY": str(WORKERS),
-            "GUNICORN_THREADS": str(THREADS),
-            "GUNICORN_WORKER_CONNECTIONS": str(WORKER_CONNECTIONS),
-            "WS_MAX_SOCKETS_PER_USER": "1000000",
-            "WS_MAX_MESSAGES_PER_SECOND": "1000000",
-            "AUTH_LIMIT_PER_ADDRESS": "1000000/minute",
-            "AUTH_LIMIT_PER_ACCOUNT": "1000000/minute",
+            **bench.service_settings(
+                f"sqlite:///{workdir / 'profile.db'}",
+                f"redis://127.0.0.1:{self.redis_port}/0",
+            ),
             "WS_COMPRESSION": "off",
         }
         env = self.env()

@@ -242,6 +242,28 @@ def run(command, **options) -> subprocess.CompletedProcess:
     return result
 
 
+def service_settings(database_url: str, redis_url: str) -> dict:
+    """The service's settings wherever the benchmarks start it: in production,
+    behind one proxy, with the run's worker sizes."""
+    return {
+        "APP_ENV": "production",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "TRUSTED_PROXY_COUNT": "1",
+        "WEB_CONCURRENCY": str(WORKERS),
+        "GUNICORN_THREADS": str(THREADS),
+        "GUNICORN_WORKER_CONNECTIONS": str(WORKER_CONNECTIONS),
+        # Every socket of a run is the one user's, the fan-out's publisher
+        # sends as fast as it can, and every run of the client asks for a
+        # token: lift those limits.
+        "WS_MAX_SOCKETS_PER_USER": "1000000",
+        "WS_MAX_MESSAGES_PER_SECOND": "1000000",
+        "AUTH_LIMIT_PER_ADDRESS": "1000000/minute",
+        "AUTH_LIMIT_PER_ACCOUNT": "1000000/minute",
+    }
+
+
 class Variant:
     """One bake with its database, user, and the servers to measure."""
 
@@ -251,23 +273,8 @@ class Variant:
         self.logs = workdir / "logs"
         self.logs.mkdir(exist_ok=True)
         self.redis_url = redis_url
-        self.settings = {
-            "APP_ENV": "production",
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            "DATABASE_URL": f"sqlite:///{workdir / f'{bake.worker_class}.db'}",
-            "REDIS_URL": redis_url,
-            "TRUSTED_PROXY_COUNT": "1",
-            "WEB_CONCURRENCY": str(WORKERS),
-            "GUNICORN_THREADS": str(THREADS),
-            "GUNICORN_WORKER_CONNECTIONS": str(WORKER_CONNECTIONS),
-            # Every socket of a run is the one user's, the fan-out's
-            # publisher sends as fast as it can, and every run of the client
-            # asks for a token: lift those limits.
-            "WS_MAX_SOCKETS_PER_USER": "1000000",
-            "WS_MAX_MESSAGES_PER_SECOND": "1000000",
-            "AUTH_LIMIT_PER_ADDRESS": "1000000/minute",
-            "AUTH_LIMIT_PER_ACCOUNT": "1000000/minute",
-        }
+        database = workdir / f"{bake.worker_class}.db"
+        self.settings = service_settings(f"sqlite:///{database}", redis_url)
         flask = [bake.bin("flask"), "--app", bake.package]
         env = bake.environ(**self.settings)
         run([*flask, "db", "upgrade"], cwd=bake.root, env=env)
