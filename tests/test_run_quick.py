@@ -1,0 +1,55 @@
+"""benchmarks/run.py --quick: every step of the benchmarks, with small numbers,
+end to end (two bakes, the baseline, the service straight and through nginx,
+a redis-server of its own), then the page and the chart from its results."""
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+from conftest import TEMPLATE_DIR, require, run
+
+RUN = TEMPLATE_DIR / "benchmarks" / "run.py"
+TARGETS = {"baseline", "app", "nginx"}
+
+
+def tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.mark.slow
+def test_run_quick_measures_every_step_and_writes_the_page(tmp_path):
+    for command in ("uv", "redis-server"):
+        require(shutil.which(command) is not None, f"{command} is not installed")
+    require(
+        shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/bin") is not None,
+        "nginx is not installed",
+    )
+    require(
+        importlib.util.find_spec("matplotlib") is not None,
+        "matplotlib (requirements-dev.txt) is not installed: it draws the chart",
+    )
+    result = run(
+        [sys.executable, str(RUN), "--quick", "--output-dir", str(tmp_path)],
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert result.returncode == 0, tail(result.stdout)
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True
+    assert set(results["variants"]) == {"gthread", "gevent"}
+    for worker_class, variant in results["variants"].items():
+        echo = variant["echo"]
+        assert {row["target"] for row in echo} == TARGETS, worker_class
+        assert all(rate > 0 for row in echo for rate in row["rates"]), worker_class
+        for row in variant["capacity"]:
+            assert row["report"]["opened"] > 0, (worker_class, row["target"])
+        for row in variant["fanout"]:
+            report = row["report"]
+            assert report["joined"] == report["subscribers"], worker_class
+    page = (tmp_path / "BENCHMARKS.md").read_text()
+    assert page.startswith("# ")
+    assert "python benchmarks/run.py --quick" in page
+    assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
