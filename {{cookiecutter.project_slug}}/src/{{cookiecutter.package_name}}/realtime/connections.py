@@ -71,7 +71,25 @@ class Connection:
     threads, the close at shutdown), so frames never interleave; none of them
     waits for the client. A client that falls more than `send_queue_limit`
     bytes behind is closed with 1008.
+
+    One is held for every open socket, so it keeps only what it uses, in slots
+    (an instance dict costs more than all of them together).
     """
+
+    __slots__ = (
+        "user",
+        "route",
+        "request_id",
+        "user_id",
+        "credential_version",
+        "_ws",
+        "_outbox",
+        "_lock",
+        "_send_queue_limit",
+        "_logger",
+        "_received",
+        "_sent",
+    )
 
     def __init__(
         self,
@@ -87,9 +105,7 @@ class Connection:
     ) -> None:
         self.user = user
         self.route = route
-        # On its lines written from other threads (a chat delivery), which
-        # are not in this socket's request (../logs.py).
-        self.log_fields = {"request_id": request_id, "user": user_id, "route": route}
+        self.request_id = request_id
         # Whose socket it is and under which credential version it was
         # opened: a revocation closes the user's sockets opened before it.
         self.user_id = user_id
@@ -102,6 +118,17 @@ class Connection:
         # Bound once: counting a message is then one increment.
         self._received = metrics.WEBSOCKET_MESSAGES.labels(route, "in")
         self._sent = metrics.WEBSOCKET_MESSAGES.labels(route, "out")
+
+    @property
+    def log_fields(self) -> dict:
+        """For its lines written from other threads (a chat delivery), which
+        are not in this socket's request (../logs.py). Made when a line needs
+        it rather than kept for every socket."""
+        return {
+            "request_id": self.request_id,
+            "user": self.user_id,
+            "route": self.route,
+        }
 
     def receive(self) -> str | bytes:
         """The next message; raises ConnectionClosed once the socket closes."""
