@@ -193,6 +193,29 @@ class Connection:
         self._ws.event.set()
 
 
+class SocketUser:
+    """`current_user` in a WebSocket handler: what a socket needs of its user
+    once the handshake is over (the id and credential version for revocation,
+    the email for the logs), without the SQLAlchemy instance, its state and
+    the row's other columns, which every open socket would otherwise keep.
+    A handler that needs more loads the user (`db.session.get`)."""
+
+    __slots__ = ("id", "email", "credential_version")
+    # Flask-Login's UserMixin: only an authenticated user gets this far.
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def __init__(self, id: int, email: str, credential_version: int) -> None:
+        self.id = id
+        self.email = email
+        self.credential_version = credential_version
+
+    def get_id(self) -> str:
+        # As User.get_id (../auth/models.py).
+        return f"{self.id}:{self.credential_version}"
+
+
 class OpenConnections:
     """Counts the sockets of this worker, closes those of a user whose
     credentials are revoked, and closes them all on the way out."""
@@ -293,13 +316,18 @@ def websocket_handler(handler):
     def run(ws, *args, **kwargs):
         # The route as declared (/ws/echo), not the path: one series per route.
         route = request.url_rule.rule
+        user = SocketUser(
+            current_user.id, current_user.email, current_user.credential_version
+        )
+        # Where Flask-Login keeps the request's user: the User instance goes.
+        g._login_user = user
         connection = Connection(
             ws,
-            user=current_user.email,
+            user=user.email,
             send_queue_limit=current_app.config["WS_SEND_QUEUE_LIMIT"],
             logger=current_app.logger,
-            user_id=current_user.id,
-            credential_version=current_user.credential_version,
+            user_id=user.id,
+            credential_version=user.credential_version,
             route=route,
             request_id=g.get("request_id"),
         )
