@@ -2,6 +2,8 @@
 against the worker's capacity, a close when their user's credentials are
 revoked, and a clean close when the worker stops."""
 
+import math
+import select
 import threading
 import time
 from contextlib import suppress
@@ -52,6 +54,8 @@ def websocket_reader(target) -> threading.Thread:
     ws = target.__self__
     outbox = Outbox(ws.sock)
     ws.sock = outbox
+    # Read by the loop when it starts, to wait between pings.
+    ws.selector_class = ReadableWait
 
     def read_then_wake() -> None:
         try:
@@ -62,6 +66,38 @@ def websocket_reader(target) -> threading.Thread:
             outbox.close()
 
     return threading.Thread(target=read_then_wake, daemon=True)
+
+
+class ReadableWait:
+    """The selector simple-websocket's read loop waits in when it sends pings:
+    until its one socket is readable, or the next ping is due.
+
+    `selectors.DefaultSelector`, its default, serves any number of sockets
+    with maps, keys and an epoll instance of its own (a file descriptor per
+    socket under gthread; under gevent, a selector with its watchers), and
+    one is kept for every open socket. A poll object does the same for one
+    socket (gevent's, under gevent).
+    """
+
+    __slots__ = ("_poll",)
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+
+    def register(self, fileobj, events: int, data=None) -> None:
+        self._poll.register(fileobj, select.POLLIN)
+
+    def select(self, timeout: float | None = None) -> list:
+        """Empty when the timeout passed first; the socket's events otherwise
+        (a hang-up or an error too: the next read finds out which)."""
+        if timeout is not None:
+            # As selectors.PollSelector: milliseconds, rounded up, so that
+            # it does not wake just before the ping is due.
+            timeout = math.ceil(max(timeout, 0) * 1e3)
+        return self._poll.poll(timeout)
+
+    def close(self) -> None:
+        pass
 
 
 class Connection:
