@@ -2,6 +2,8 @@
 against the worker's capacity, a close when their user's credentials are
 revoked, and a clean close when the worker stops."""
 
+import math
+import select
 import threading
 import time
 from contextlib import suppress
@@ -52,6 +54,8 @@ def websocket_reader(target) -> threading.Thread:
     ws = target.__self__
     outbox = Outbox(ws.sock)
     ws.sock = outbox
+    # Read by the loop when it starts, to wait between pings.
+    ws.selector_class = ReadableWait
 
     def read_then_wake() -> None:
         try:
@@ -64,6 +68,38 @@ def websocket_reader(target) -> threading.Thread:
     return threading.Thread(target=read_then_wake, daemon=True)
 
 
+class ReadableWait:
+    """The selector simple-websocket's read loop waits in when it sends pings:
+    until its one socket is readable, or the next ping is due.
+
+    `selectors.DefaultSelector`, its default, serves any number of sockets
+    with maps, keys and an epoll instance of its own (a file descriptor per
+    socket under gthread; under gevent, a selector with its watchers), and
+    one is kept for every open socket. A poll object does the same for one
+    socket (gevent's, under gevent).
+    """
+
+    __slots__ = ("_poll",)
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+
+    def register(self, fileobj, events: int, data=None) -> None:
+        self._poll.register(fileobj, select.POLLIN)
+
+    def select(self, timeout: float | None = None) -> list:
+        """Empty when the timeout passed first; the socket's events otherwise
+        (a hang-up or an error too: the next read finds out which)."""
+        if timeout is not None:
+            # As selectors.PollSelector: milliseconds, rounded up, so that
+            # it does not wake just before the ping is due.
+            timeout = math.ceil(max(timeout, 0) * 1e3)
+        return self._poll.poll(timeout)
+
+    def close(self) -> None:
+        pass
+
+
 class Connection:
     """A WebSocket as handlers and the hub use it.
 
@@ -71,7 +107,25 @@ class Connection:
     threads, the close at shutdown), so frames never interleave; none of them
     waits for the client. A client that falls more than `send_queue_limit`
     bytes behind is closed with 1008.
+
+    One is held for every open socket, so it keeps only what it uses, in slots
+    (an instance dict costs more than all of them together).
     """
+
+    __slots__ = (
+        "user",
+        "route",
+        "request_id",
+        "user_id",
+        "credential_version",
+        "_ws",
+        "_outbox",
+        "_lock",
+        "_send_queue_limit",
+        "_logger",
+        "_received",
+        "_sent",
+    )
 
     def __init__(
         self,
@@ -87,9 +141,7 @@ class Connection:
     ) -> None:
         self.user = user
         self.route = route
-        # On its lines written from other threads (a chat delivery), which
-        # are not in this socket's request (../logs.py).
-        self.log_fields = {"request_id": request_id, "user": user_id, "route": route}
+        self.request_id = request_id
         # Whose socket it is and under which credential version it was
         # opened: a revocation closes the user's sockets opened before it.
         self.user_id = user_id
@@ -102,6 +154,17 @@ class Connection:
         # Bound once: counting a message is then one increment.
         self._received = metrics.WEBSOCKET_MESSAGES.labels(route, "in")
         self._sent = metrics.WEBSOCKET_MESSAGES.labels(route, "out")
+
+    @property
+    def log_fields(self) -> dict:
+        """For its lines written from other threads (a chat delivery), which
+        are not in this socket's request (../logs.py). Made when a line needs
+        it rather than kept for every socket."""
+        return {
+            "request_id": self.request_id,
+            "user": self.user_id,
+            "route": self.route,
+        }
 
     def receive(self) -> str | bytes:
         """The next message; raises ConnectionClosed once the socket closes."""
@@ -164,6 +227,29 @@ class Connection:
         with suppress(ConnectionClosed, OSError):
             self._ws.close(reason=POLICY_VIOLATION, message="too slow to read")
         self._ws.event.set()
+
+
+class SocketUser:
+    """`current_user` in a WebSocket handler: what a socket needs of its user
+    once the handshake is over (the id and credential version for revocation,
+    the email for the logs), without the SQLAlchemy instance, its state and
+    the row's other columns, which every open socket would otherwise keep.
+    A handler that needs more loads the user (`db.session.get`)."""
+
+    __slots__ = ("id", "email", "credential_version")
+    # Flask-Login's UserMixin: only an authenticated user gets this far.
+    is_authenticated = True
+    is_active = True
+    is_anonymous = False
+
+    def __init__(self, id: int, email: str, credential_version: int) -> None:
+        self.id = id
+        self.email = email
+        self.credential_version = credential_version
+
+    def get_id(self) -> str:
+        # As User.get_id (../auth/models.py).
+        return f"{self.id}:{self.credential_version}"
 
 
 class OpenConnections:
@@ -266,13 +352,18 @@ def websocket_handler(handler):
     def run(ws, *args, **kwargs):
         # The route as declared (/ws/echo), not the path: one series per route.
         route = request.url_rule.rule
+        user = SocketUser(
+            current_user.id, current_user.email, current_user.credential_version
+        )
+        # Where Flask-Login keeps the request's user: the User instance goes.
+        g._login_user = user
         connection = Connection(
             ws,
-            user=current_user.email,
+            user=user.email,
             send_queue_limit=current_app.config["WS_SEND_QUEUE_LIMIT"],
             logger=current_app.logger,
-            user_id=current_user.id,
-            credential_version=current_user.credential_version,
+            user_id=user.id,
+            credential_version=user.credential_version,
             route=route,
             request_id=g.get("request_id"),
         )

@@ -6,7 +6,6 @@ import json
 import time
 
 from flask import Blueprint, current_app
-from flask_login import current_user
 
 from .connections import POLICY_VIOLATION, Connection
 from .guards import websocket_route
@@ -28,7 +27,7 @@ def chat(connection: Connection) -> None:
     hub = current_hub()
     rate = MessageRate(current_app.config["WS_MAX_MESSAGES_PER_SECOND"])
     unsubscribe = hub.subscribe(connection.deliver)
-    user = current_user.email
+    user = connection.user
     try:
         while True:
             raw = connection.receive()
