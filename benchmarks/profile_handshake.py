@@ -42,7 +42,6 @@ loopback addresses are used; every loop is bounded in count and time.
 import argparse
 import asyncio
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -51,7 +50,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -346,14 +344,7 @@ class Bench:
 
     def nginx(self, upstream_port: int):
         """The bake's tests/nginx.py, loaded as benchmarks/run.py loads it."""
-        name = f"pf_bake_tests_{self.worker_class}"
-        tests = self.bake / "tests"
-        spec = importlib.util.spec_from_file_location(
-            name, tests / "__init__.py", submodule_search_locations=[str(tests)]
-        )
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-        module = __import__(f"{name}.nginx", fromlist=["Nginx"])
+        module = bench.bake_nginx_module(self.bake, self.worker_class)
         prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=self.workdir))
         nginx = module.Nginx(
             prefix,

@@ -326,18 +326,23 @@ class Variant:
         ).start()
 
 
-def nginx_class(bake: Bake):
-    """The bake's own tests/nginx.py `Nginx`, with worker_connections raised.
-    Loaded as a module of the bake's tests package, under a name of its own,
-    for its import of tests/processes.py (which needs pytest)."""
-    package = f"bake_tests_{bake.worker_class}"
-    tests = bake.root / "tests"
+def bake_nginx_module(root: Path, worker_class: str):
+    """A bake's own tests/nginx.py, loaded as a module of the bake's tests
+    package, under a name of its own, for its import of tests/processes.py
+    (which needs pytest)."""
+    package = f"bake_tests_{worker_class}"
+    tests = root / "tests"
     spec = importlib.util.spec_from_file_location(
         package, tests / "__init__.py", submodule_search_locations=[str(tests)]
     )
     sys.modules[package] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sys.modules[package])
-    module = importlib.import_module(f"{package}.nginx")
+    return importlib.import_module(f"{package}.nginx")
+
+
+def nginx_class(bake: Bake):
+    """The bake's own tests/nginx.py `Nginx`, with worker_connections raised."""
+    module = bake_nginx_module(bake.root, bake.worker_class)
 
     class RaisedNginx(module.Nginx):
         def _main_config(self) -> str:

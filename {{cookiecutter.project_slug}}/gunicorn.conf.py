@@ -287,9 +287,9 @@ def worker_exit(server, worker):
     # second of CPU, more with thousands of sockets' objects, taken from the
     # workers that replace this one. Skip it. Not after a quit (Ctrl-C,
     # SIGQUIT): there Python's exit is what waits for the sockets' close.
-    leaving = sys.exc_info()[1]
     if getattr(worker, "quitting", False):
         return
+    leaving = sys.exc_info()[1]  # what gunicorn's `finally` is propagating
     if isinstance(leaving, SystemExit) and leaving.code in (0, None):
         logging.shutdown()  # every log line written out
         os._exit(0)

@@ -222,4 +222,7 @@ def test_the_app_keeps_only_a_trusted_proxys_id(
 def test_each_request_gets_an_id_of_its_own(client):
     ids = {client.get("/healthz").headers["X-Request-ID"] for _ in range(3)}
     assert len(ids) == 3
-    assert client.get("/no-such-page").headers["X-Request-ID"]
+    missing = client.get("/no-such-page")
+    assert missing.status_code == 404
+    assert MADE_HERE.fullmatch(missing.headers["X-Request-ID"])
+    assert missing.headers["X-Request-ID"] not in ids

@@ -120,7 +120,7 @@ class TextFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_fields().get(
             "request_id"
         )
-        if request_id and record.name != "gunicorn.access":
+        if request_id:
             line = f"{line} [request {request_id}]"
         return line
 
