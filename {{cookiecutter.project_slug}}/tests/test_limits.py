@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 {%- endif %}
 import zlib
 from contextlib import ExitStack, suppress
@@ -15,6 +16,10 @@ import pytest
 import redis
 {%- endif %}
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
+{%- if cookiecutter.broadcast == "redis" %}
+
+from {{ cookiecutter.package_name }}.realtime.redis_user_sockets import PREFIX, WORKERS
+{%- endif %}
 
 from .conftest import RawWebSocket, bearer_token, open_socket, wait_until
 
@@ -107,16 +112,109 @@ def test_sockets_of_workers_that_died_stop_counting(start_server, alice):
             os.kill(pid, signal.SIGKILL)
 
     # gunicorn starts new workers; the dead ones' sockets no longer count.
-    def all_admitted():
-        with ExitStack() as stack:
-            try:
-                for _ in range(SOCKETS_PER_USER):
-                    stack.enter_context(open_socket(server, "/ws/echo", token=token))
-            except (InvalidStatus, OSError):
-                return False
-            return True
+    with ExitStack() as stack:
+        wait_until(
+            one_more_until_the_limit(stack, [server], token),
+            30,
+            "the user's sockets admitted again",
+        )
 
-    wait_until(all_admitted, 30, "the user's sockets admitted again")
+
+def one_more_until_the_limit(stack: ExitStack, servers: list, token: str):
+    """A condition for wait_until: each call opens one more socket (kept in
+    `stack`) on the next of `servers`, true once the user holds the limit.
+    Sockets admitted stay open: one closed between tries would leave its
+    worker's lease unused for a moment, which another worker must wait out."""
+    held = []
+
+    def one_more() -> bool:
+        with suppress(OSError):
+            ws = admitted(servers[len(held) % len(servers)], token)
+            if ws is not None:
+                held.append(stack.enter_context(ws))
+        return len(held) == SOCKETS_PER_USER
+
+    return one_more
+
+
+def leases_in(url: str) -> dict[str, dict[bytes, bytes]]:
+    """{worker hash: {user id: places}} of the leases a Redis holds."""
+    with redis.Redis.from_url(url) as client:
+        return {
+            key.decode(): client.hgetall(key)
+            for key in client.scan_iter(f"{PREFIX}:*")
+            if key.decode() != WORKERS
+        }
+
+
+def test_a_closed_sockets_lease_goes_back_to_redis(start_server, start_redis, alice):
+    """A worker keeps the place of a closed socket for a moment only (about a
+    second: redis_user_sockets.py), then gives it back, so that any worker
+    may lease it."""
+    store = start_redis()
+    server = start_server(REDIS_URL=store.url, WS_MAX_SOCKETS_PER_USER="2")
+    token = bearer_token(server, alice)
+    with open_socket(server, "/ws/echo", token=token) as ws:
+        ws.send("leased")
+        assert ws.recv(timeout=5) == "leased"
+        (places,) = leases_in(store.url).values()
+        assert list(places.values()) == [b"1"]
+    wait_until(lambda: leases_in(store.url) == {}, 10, "the lease given back")
+
+
+def test_the_limit_holds_for_many_handshakes_at_once(start_server, start_redis, alice):
+    """Handshakes of one user, many at once, on two instances of two workers,
+    each socket closed a moment after it opened: leases taken, reused and
+    given back meanwhile never let more sockets in than the limit, and once
+    all are closed the user has every place again."""
+    store = start_redis()
+    limit = {
+        "REDIS_URL": store.url,
+        "WS_MAX_SOCKETS_PER_USER": str(SOCKETS_PER_USER),
+        "WEB_CONCURRENCY": "2",
+    }
+    servers = [start_server(**limit), start_server(**limit)]
+    token = bearer_token(servers[0], alice)
+    guard = threading.Lock()
+    open_now, most, admitted_total, failures = [0], [0], [0], []
+
+    def churn(number: int) -> None:
+        for turn in range(15):
+            ws = admitted(servers[(number + turn) % 2], token)
+            if ws is None:
+                continue
+            with ws:
+                with guard:
+                    # Counted once the server has admitted it, uncounted
+                    # before the client closes it: never above the server's.
+                    open_now[0] += 1
+                    admitted_total[0] += 1
+                    most[0] = max(most[0], open_now[0])
+                time.sleep((number + turn) % 4 * 0.01)
+                with guard:
+                    open_now[0] -= 1
+
+    def run(number: int) -> None:
+        try:
+            churn(number)
+        except Exception as error:  # reported below, on the test's thread
+            failures.append(error)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+    assert 0 < most[0] <= SOCKETS_PER_USER, most[0]
+    assert admitted_total[0] >= SOCKETS_PER_USER
+    with ExitStack() as stack:
+        wait_until(
+            one_more_until_the_limit(stack, servers, token),
+            15,
+            "every place of the user back",
+        )
+    wait_until(lambda: leases_in(store.url) == {}, 10, "every lease given back")
 
 
 # Keeps Redis busy for ARGV[1] seconds: a script runs alone, and others wait.
@@ -146,6 +244,9 @@ def test_a_socket_counted_after_the_app_gave_up_on_redis_is_not_kept(
     with open_socket(server, "/ws/echo", token=token) as ws:
         ws.send("first")  # the worker now renews its count in this Redis
         assert ws.recv(timeout=5) == "first"
+    # Its worker would otherwise admit the next socket into the place it
+    # still leases, without asking Redis.
+    wait_until(lambda: leases_in(store.url) == {}, 10, "the lease given back")
 
     client = redis.Redis.from_url(store.url)
     busy = threading.Thread(target=client.eval, args=(BUSY, 0, BUSY_SECONDS))

@@ -117,6 +117,26 @@ def close_of(ws, deadline: float) -> tuple[int, str]:
     pytest.fail("the socket was still open at the deadline")
 
 
+def test_a_revoked_credential_is_refused_at_once_by_every_worker(
+    start_server, server_runner, make_user
+):
+    """Handshakes read the credential version from the database each time
+    (auth/loaders.py), so no worker keeps admitting a revoked session or
+    token, not even for a moment, whether or not the hub told it."""
+    server = start_server(WEB_CONCURRENCY="2")
+    email = make_user()
+    browser = log_in(server, email)
+    token = bearer_token(server, email)
+    # Both workers (most likely) admit them first.
+    for _ in range(6):
+        assert handshake_status(server, browser=browser) == 101
+        assert handshake_status(server, token=token) == 101
+    set_password_with_the_cli(server_runner, email)
+    for _ in range(6):
+        assert handshake_status(server, browser=browser) == 401
+        assert handshake_status(server, token=token) == 401
+
+
 def assert_all_revoked(sockets: list, within: float) -> None:
     deadline = time.monotonic() + within
     closes = [close_of(ws, deadline) for ws in sockets]

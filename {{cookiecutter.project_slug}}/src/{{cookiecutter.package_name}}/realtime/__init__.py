@@ -10,10 +10,12 @@ path of one handshake, in order, and where each step lives:
 3. `before_websocket_handshake` (guards.py), a `before_request`, refuses a
    route not declared with `websocket_route` (500), then
    `admit_by_origin_login_and_room` (guards.py) checks the Origin (403), the
-   login (401; ../auth/loaders.py loads the user from the cookie or the
-   bearer token), the user's sockets (429; user_sockets.py
+   login (401; ../auth/loaders.py reads the user's id, email and credential
+   version, as a `SocketUser`, for the cookie or the bearer token), the
+   user's sockets (429; user_sockets.py
 {%- if cookiecutter.broadcast == "redis" %},
-   redis_user_sockets.py
+   redis_user_sockets.py: a place leased from Redis, or one this worker
+   leased already and nobody uses
 {%- endif %})
    and the worker's room (503; `OpenConnections.reserve` in
    connections.py). Then the session turns read-only.
@@ -28,7 +30,8 @@ path of one handshake, in order, and where each step lives:
 {%- if cookiecutter.broadcast == "redis" %}, redis_hub.py
 {%- endif %}).
 8. `release_places` (guards.py), a `teardown_request`, gives the socket's
-   places back once it is closed.
+   places back once it is closed{% if cookiecutter.broadcast == "redis" %} (its
+   lease goes back to Redis a second later){% endif %}.
 
 Here, `init_app` also chooses the hub and the count of users' sockets that
 this project uses.

@@ -4,7 +4,8 @@ Without a limit, one account (one bearer token) can take every slot of a
 worker and lock everyone else out.
 {% if cookiecutter.broadcast == "redis" %}
 `UserSockets` counts the sockets of this worker; `RedisUserSockets`
-(redis_user_sockets.py) adds them up across every worker and instance.
+(redis_user_sockets.py) holds them to the limit across every worker and
+instance, with places each worker leases from Redis.
 {%- else %}
 The count is per worker: with several workers a user may hold that many
 sockets in each.
