@@ -442,26 +442,46 @@ class Server:
         self._log.close()
 
 
+# Every gunicorn `start_server` started, in order.
+STARTED_SERVERS: list[Server] = []
+
+
 @pytest.fixture(scope="session")
 def start_server(migrated, tmp_path_factory):
-    """Start another gunicorn with settings of the test's own; stopped at the end."""
-    started = []
+    """Start another gunicorn with settings of the test's own. One started by
+    a test's body is told to stop when the body ends (see
+    `pytest_runtest_call`); one started by a fixture lives until the end."""
 
     def start(
         app: str | None = None, port: int | None = None, **overrides: str
     ) -> Server:
         log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
         server = Server({**migrated, **overrides}, log_path, app=app, port=port)
-        started.append(server)
+        STARTED_SERVERS.append(server)
         return server
 
     yield start
     # Told all at once, they wind down side by side.
-    for server in started:
+    for server in STARTED_SERVERS:
         if server.process.poll() is None:
             server.process.send_signal(signal.SIGTERM)
-    for server in started:
+    for server in STARTED_SERVERS:
         server.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """SIGTERM the servers a test's body started, once it ends, without
+    waiting for them: they wind down while the next test runs, instead of
+    adding their workers' threads to every later test's machine and all
+    stopping at once at the end (where `start_server` reaps them)."""
+    first = len(STARTED_SERVERS)
+    try:
+        return (yield)
+    finally:
+        for server in STARTED_SERVERS[first:]:
+            if server.process.poll() is None:
+                server.process.send_signal(signal.SIGTERM)
 
 
 {%- if cookiecutter.use_docker == "y" %}
