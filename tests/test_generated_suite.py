@@ -89,6 +89,10 @@ def locked_venv(uv: str, project):
         timeout=INSTALL_TIMEOUT,
     )
     run_step([*install, "--no-deps", "-e", "."], cwd=project, timeout=INSTALL_TIMEOUT)
+    # An editable install leaves the project's own modules uncompiled: about
+    # 0.2 s in every one of the suite's ~150 gunicorn workers and commands.
+    python = str(venv / "bin" / "python")
+    run_step([python, "-m", "compileall", "-q", "src"], cwd=project, timeout=60)
     return venv
 
 
