@@ -1,8 +1,12 @@
 """A test-only app: the real one plus a WebSocket handler that changes the
-session, declared as every socket route is, and one route declared with a plain
-`sock.route`, which the app refuses."""
+session and one that shows what it sees of its request, declared as every
+socket route is, and one route declared with a plain `sock.route`, which the
+app refuses."""
 
-from flask import Blueprint, session
+import json
+
+from flask import Blueprint, request, session
+from flask_login import current_user
 
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.extensions import sock
@@ -16,6 +20,24 @@ def write_session(connection) -> None:
     connection.send(f"visits before: {session.get('visits', 0)}")
     session["visits"] = session.get("visits", 0) + 1
     connection.send("changed the session")
+    while True:
+        connection.send(connection.receive())
+
+
+@websocket_route("/ws/request", bp=bp)
+def show_request(connection) -> None:
+    connection.send(
+        json.dumps(
+            {
+                "path": request.path,
+                "args": request.args.to_dict(),
+                "remote_addr": request.remote_addr,
+                "headers": sorted(request.headers.keys()),
+                "logged_in": "_user_id" in session,
+                "user": current_user.email,
+            }
+        )
+    )
     while True:
         connection.send(connection.receive())
 

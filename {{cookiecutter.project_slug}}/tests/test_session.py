@@ -1,5 +1,6 @@
 """A handler that changes the session is told, loudly, that it cannot be saved."""
 
+import json
 import secrets
 
 import pytest
@@ -39,3 +40,22 @@ def test_session_change_is_a_warning_in_production(start_server, alice):
     # And indeed it was not saved: the next socket sees the old session.
     with open_socket(server, "/ws/session-writer", browser=browser) as ws:
         assert ws.recv(timeout=5) == "visits before: 0"
+
+
+def test_a_handler_reads_its_request_as_parsed_at_the_handshake(start_server, alice):
+    """Once the socket is open its environ keeps only what the socket still
+    reads (realtime/connections.py): the cookie, the token and every header but
+    Host are gone, what Werkzeug parsed at the start stays."""
+    server = start_server(app=APP)
+    with open_socket(server, "/ws/request?room=7", browser=log_in(server, alice)) as ws:
+        seen = json.loads(ws.recv(timeout=5))
+        ws.send("still echoing")
+        assert ws.recv(timeout=5) == "still echoing"
+    assert seen == {
+        "path": "/ws/request",
+        "args": {"room": "7"},
+        "remote_addr": "127.0.0.1",
+        "headers": ["Host"],
+        "logged_in": True,
+        "user": alice,
+    }

@@ -2,6 +2,7 @@
 against the worker's capacity, a close when their user's credentials are
 revoked, and a clean close when the worker stops."""
 
+import _thread
 import math
 import select
 import threading
@@ -15,6 +16,7 @@ from flask_login import current_user
 from simple_websocket import ConnectionClosed
 
 from .. import metrics
+from ..logs import ENVIRON_KEYS
 from .outbox import Outbox
 
 # https://www.rfc-editor.org/rfc/rfc6455#section-7.4.1
@@ -30,6 +32,33 @@ CREDENTIALS_REVOKED = "credentials revoked"
 # Seconds a revocation is remembered for the sockets still in their handshake:
 # one whose user was loaded just before the change is closed as it opens.
 REMEMBER_REVOCATION = 60.0
+
+# What is left of a socket's WSGI environ while its handler runs (see
+# `keep_what_the_socket_reads`): the request line, the peer and Host (code
+# that builds a URL, and Werkzeug's development server at the end, read them
+# again), the WSGI entries Flask and its logger read (`wsgi.errors`), the
+# debugger's key when it runs, and the keys the logs use (../logs.py).
+ENVIRON_KEPT = frozenset(
+    {
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "QUERY_STRING",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "REMOTE_ADDR",
+        "HTTP_HOST",
+        "wsgi.version",
+        "wsgi.url_scheme",
+        "wsgi.errors",
+        "wsgi.multithread",
+        "wsgi.multiprocess",
+        "wsgi.run_once",
+        "werkzeug.debug.preserve_context",
+        *ENVIRON_KEYS.values(),
+    }
+)
 
 # Seconds a closing socket waits for its client to take what is queued and
 # answer the close; then the connection is cut. The same as the close timeout
@@ -65,7 +94,30 @@ def websocket_reader(target) -> threading.Thread:
             ws.event.set()
             outbox.close()
 
-    return threading.Thread(target=read_then_wake, daemon=True)
+    return ReaderThread(read_then_wake)
+
+
+class ReaderThread:
+    """What simple-websocket gets in place of a `threading.Thread`: its `name`
+    and `start`, which is all it uses.
+
+    A `Thread` is kept for every socket with an Event, a Condition, its locks
+    and a place in `threading`'s tables: 2 to 3 KB (benchmarks/MEMORY.md).
+    `_thread` starts the same OS thread without them (a greenlet under
+    gevent, which patches `_thread`). Nothing waits for a reader: it ends
+    with its socket, as the daemon thread did. Nothing on the reader's path
+    logs or asks `threading.current_thread()`, which would give it a
+    `_DummyThread` that is never freed.
+    """
+
+    __slots__ = ("_run", "name")
+
+    def __init__(self, run) -> None:
+        self._run = run
+        self.name = "websocket-reader"
+
+    def start(self) -> None:
+        _thread.start_new_thread(self._run, ())
 
 
 class ReadableWait:
@@ -338,6 +390,26 @@ def open_connections() -> OpenConnections:
     return current_app.extensions["open_connections"]
 
 
+def keep_what_the_socket_reads(environ: dict) -> None:
+    """Drop from the environ what nothing reads once the socket is open.
+
+    The handler runs inside its request, so the request lives as long as the
+    socket, environ included: every header (the cookie or token among them),
+    gunicorn's and ProxyFix's entries. All of it was read during the
+    handshake. gunicorn writes no access line for a WebSocket (Flask-Sock
+    ends the response without one), and the socket's lines take their request
+    id, user and route from `g` and the request (../logs.py). Werkzeug copied
+    `request.path`, `args`, `remote_addr` and the like at the request's start;
+    of `request.headers`, a handler finds Host only (docs/websockets.md).
+
+    Cleared and refilled rather than emptied key by key: a dict does not
+    shrink when keys are deleted.
+    """
+    kept = {key: environ[key] for key in ENVIRON_KEPT if key in environ}
+    environ.clear()
+    environ.update(kept)
+
+
 def websocket_handler(handler):
     """Run `handler(connection)` for an accepted socket.
 
@@ -352,11 +424,12 @@ def websocket_handler(handler):
     def run(ws, *args, **kwargs):
         # The route as declared (/ws/echo), not the path: one series per route.
         route = request.url_rule.rule
-        user = SocketUser(
-            current_user.id, current_user.email, current_user.credential_version
-        )
-        # Where Flask-Login keeps the request's user: the User instance goes.
-        g._login_user = user
+        user = current_user._get_current_object()
+        if not isinstance(user, SocketUser):
+            user = SocketUser(user.id, user.email, user.credential_version)
+            # Where Flask-Login keeps the request's user: the User instance goes.
+            g._login_user = user
+        keep_what_the_socket_reads(request.environ)
         connection = Connection(
             ws,
             user=user.email,
@@ -374,7 +447,13 @@ def websocket_handler(handler):
         open_now.inc()
         opened_at = time.monotonic()
         try:
-            handler(connection, *args, **kwargs)
+            if args or kwargs:
+                handler(connection, *args, **kwargs)
+            else:
+                # A plain call runs without a C-level call of its own (Python
+                # 3.11+), so the stack every idle socket keeps is 0.4 KB
+                # shorter under gevent (benchmarks/MEMORY.md).
+                handler(connection)
         except ConnectionClosed:
             pass
         except Exception:

@@ -7,7 +7,7 @@ loud instead: a warning in the log, and under debug and tests an exception
 raised on the line that made the change.
 """
 
-from flask import Flask, Request, current_app, request, session
+from flask import Request, current_app, request, session
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 UNSAVED_CHANGE = (
@@ -22,18 +22,29 @@ class SessionChangeNotSaved(RuntimeError):
 
 
 class WebSocketSession(SecureCookieSession):
+    """Flask's session, which a WebSocket handler can turn read-only.
+
+    Every request's session is one (the interface's `session_class`): an
+    HTTP request never turns it read-only, so it behaves as Flask's own,
+    and a handshake's needs no copy. A socket keeps its session for as long
+    as it is open, so what it adds lives in the class (`on_update`, and
+    `read_only` and `reported` until they are set), not in each session.
+    """
+
+    read_only = False
+    reported = False
+
     def __init__(self, initial=None) -> None:
         super().__init__(initial)
-        self.read_only = False
-        self.reported = False
+        # Flask's own `on_update`, a function made for every session, gives
+        # way to the method below.
+        del self.on_update
 
-        def on_update(changed: "WebSocketSession") -> None:
-            changed.modified = True
-            changed.accessed = True
-            if changed.read_only:
-                changed.report_unsaved_change()
-
-        self.on_update = on_update
+    def on_update(self, changed: "WebSocketSession") -> None:
+        self.modified = True
+        self.accessed = True
+        if self.read_only:
+            self.report_unsaved_change()
 
     def report_unsaved_change(self) -> None:
         if current_app.debug or current_app.testing:
@@ -44,11 +55,7 @@ class WebSocketSession(SecureCookieSession):
 
 
 class WebSocketSessionInterface(SecureCookieSessionInterface):
-    def open_session(self, app: Flask, request: Request):
-        opened = super().open_session(app, request)
-        if opened is None or not is_websocket(request):
-            return opened
-        return WebSocketSession(opened)
+    session_class = WebSocketSession
 
 
 def is_websocket(req: Request) -> bool:
