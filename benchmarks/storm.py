@@ -185,6 +185,37 @@ def machine_busy_seconds() -> float:
     return (sum(ticks) - ticks[3] - ticks[4]) / TICK
 
 
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its living descendants."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text()
+        except OSError:
+            continue
+        found.append(current)
+        pending += [int(child) for child in children.split()]
+    return found
+
+
+def waited_seconds(pid: int) -> float:
+    """Seconds the threads of `pid` have spent runnable but waiting for a CPU
+    (the second field of each thread's schedstat): how much a busy machine
+    held it back, which its CPU time does not show."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 class CpuWatch:
     """The CPU each part of the storm used, sampled from /proc every
     `interval` seconds by a thread of its own (the client's event loop is busy
@@ -205,6 +236,8 @@ class CpuWatch:
         self.began = 0.0
         # (seconds since `begin`, {part: CPU seconds since `begin`})
         self.samples: list[tuple[float, dict[str, float]]] = []
+        # part -> {pid: (waited for a CPU at its first look, at its last)}
+        self.waits: dict[str, dict[int, tuple[float, float]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -220,6 +253,7 @@ class CpuWatch:
         self.settled[name] = cpu_seconds
 
     def begin(self) -> None:
+        self._look_at_waits()
         self.began = time.monotonic()
         for name, pid in self.pids.items():
             self.start[name] = self.last[name] = tree_cpu_seconds(pid) or 0.0
@@ -231,7 +265,19 @@ class CpuWatch:
         while not self._stop.wait(self.interval):
             self._sample()
 
+    def _look_at_waits(self) -> None:
+        parts = {**self.pids, "client": os.getpid()}
+        for name, top in parts.items():
+            if name in self.settled:
+                continue
+            seen = self.waits.setdefault(name, {})
+            for pid in tree_pids(top) if name != "client" else [top]:
+                waited = waited_seconds(pid)
+                first = seen[pid][0] if pid in seen else waited
+                seen[pid] = (first, max(waited, seen.get(pid, (0, 0))[1]))
+
     def _sample(self) -> None:
+        self._look_at_waits()
         now = {"client": time.process_time(), "machine": machine_busy_seconds()}
         for name, pid in list(self.pids.items()):
             cpu = self.settled.get(name)
@@ -262,9 +308,17 @@ class CpuWatch:
                 value = sampled[-1].get(name, previous[name])
                 by_second[name].append(round(value - previous[name], 2))
                 previous[name] = value
+        waited = {
+            name: round(sum(last - first for first, last in seen.values()), 2)
+            for name, seen in self.waits.items()
+        }
         return {
             "seconds": round(elapsed, 2),
             "cpu_seconds": parts,
+            # Seconds each part's processes (all threads together) were ready
+            # to run but waited for a CPU: well above its CPU seconds, the
+            # machine, not the part's own work, set its pace.
+            "waited_for_cpu_seconds": waited,
             "cpu_by_second": by_second,
         }
 
@@ -683,6 +737,11 @@ def print_summary(report: dict) -> None:
         f"cpu         {cpu['cpu_seconds']['machine']:.1f} s of the machine's in the "
         f"storm's {cpu['seconds']:.1f} s: {parts}"
     )
+    waits = ", ".join(
+        f"{name} {seconds:.1f}"
+        for name, seconds in cpu["waited_for_cpu_seconds"].items()
+    )
+    lines.append(f"waited      for a CPU, s: {waits}")
     lines.append(
         f"client      {report['client_cpu_share']:.0%} of a core during the storm; "
         f"load average {report['load_before']:.2f} before, "
