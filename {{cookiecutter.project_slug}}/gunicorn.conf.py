@@ -11,10 +11,10 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 {%- if cookiecutter.worker_class == "gthread" %}
 import threading
 {%- endif %}
+import time
 from pathlib import Path
 
 {% if cookiecutter.worker_class == "gevent" -%}
