@@ -250,7 +250,10 @@ class CpuWatch:
         self.last[name] = cpu
 
     def settle(self, name: str, cpu_seconds: float) -> None:
-        self.settled[name] = cpu_seconds
+        # Not below its last sample: a master that exits before it has
+        # waited for a worker (one killed after graceful_timeout) leaves that
+        # worker's time out of its own figure.
+        self.settled[name] = max(cpu_seconds, self.last.get(name, 0.0))
 
     def begin(self) -> None:
         self._look_at_waits()
