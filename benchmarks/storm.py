@@ -13,8 +13,13 @@ are lifted, as run.py lifts them.
 
 Then it opens N sockets through nginx to /ws/echo with a bearer token fetched
 once up front, checks each with an echo, and restarts gunicorn as a deploy
-does: SIGTERM to the master, and a new gunicorn on the same port as soon as
-the old one has let go of it (see `restart`). Every client reconnects when its
+does (see `restart`). With --takeover overlap (the default, the order the
+generated docs/production.md gives a deploy) a new gunicorn starts on the
+same port while the old one still serves (both listen with SO_REUSEPORT) and
+the old master gets SIGTERM once the new one answers /readyz. With
+--takeover sequential (a restarted unit or container) the old master gets
+SIGTERM first, and the new gunicorn starts as soon as the old one has let go
+of the port. Every client reconnects when its
 socket closes, with full-jitter exponential backoff: before attempt k (from
 0) it waits a delay drawn uniformly from [0, min(cap, base * 2**k)]; a
 refused handshake (502 while no gunicorn listens, 503, 429), a failed connect
@@ -29,8 +34,11 @@ errno name, timeout), the close codes the storm's closes carried (every one
 should be 1001), the peak of successful handshakes (and of attempts) in any
 one second, and when the old gunicorn let go of the port, the new one started
 and first answered /healthz, and the old one exited; and, second by second,
-the attempts, the handshakes and the clients back. The client's own CPU share says
-whether the client, rather than the service, set the pace. The exit status
+the attempts, the handshakes and the clients back. The CPU seconds each part
+used from the SIGTERM to the end (old and new gunicorn, nginx, redis-server,
+this client, and the rest of a shared machine), in all and second by second,
+say where the time went; the client's own share says whether the client,
+rather than the service, set the pace. The exit status
 is 1 when a client was not back within --deadline seconds of the SIGTERM.
 """
 
@@ -42,20 +50,24 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Siblings in benchmarks/: run.py starts the servers as the benchmarks do,
-# loadtest.py opens the sockets and names failures as its report does.
+# requests is in the bake's venv; the siblings in benchmarks/: run.py starts
+# the servers as the benchmarks do, loadtest.py opens the sockets and names
+# failures as its report does.
 import loadtest
+import requests
 import run as bench
 
 ROUTE = "/ws/echo"
@@ -86,6 +98,24 @@ class Gunicorn(bench.Service):
         )
         self.pid = self.process.pid
 
+    def first_answer(self, path: str, seconds: float) -> bool:
+        """Whether `path` answered 200 within `seconds`. Unlike
+        `wait_until_listening`, one request may wait as long as it takes (in a
+        storm it queues behind thousands of handshakes) and the server is left
+        running when it does not answer."""
+        deadline = time.monotonic() + seconds
+        url = f"http://127.0.0.1:{self.port}{path}"
+        while (left := deadline - time.monotonic()) > 0:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if requests.get(url, timeout=left).status_code == 200:
+                    return True
+            except (OSError, requests.RequestException):
+                pass
+            time.sleep(0.05)
+        return False
+
 
 def port_is_free(port: int) -> bool:
     """Whether nothing listens on 127.0.0.1:`port`, as gunicorn binds it (with
@@ -115,6 +145,185 @@ def existing_bake(root: Path) -> bench.Bake:
     baked.setting_names = tuple(bench.run([baked.python, "-c", script]).stdout.split())
     baked.broadcast = answers["broadcast"]
     return baked
+
+
+# --- who used the CPU -------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) of `pid` and its descendants, living or
+    waited for (a gunicorn master's exited workers count in its cutime and
+    cstime); None once `pid` is gone."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text()
+        except OSError:  # gone meanwhile
+            if current == pid:
+                return None
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # A worker that has exited keeps its times until its master waits for
+        # it, and they move to the master's cutime and cstime. The top one is
+        # this process's child: its figure comes from CpuWatch.settle.
+        if fields[0] == "Z" and current == pid:
+            return None
+        total += sum(int(value) for value in fields[11:15])
+        pending += [int(child) for child in children.split()]
+    return total / TICK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy, every core together."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    ticks = [int(value) for value in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICK
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and its living descendants."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text()
+        except OSError:
+            continue
+        found.append(current)
+        pending += [int(child) for child in children.split()]
+    return found
+
+
+def waited_seconds(pid: int) -> float:
+    """Seconds the threads of `pid` have spent runnable but waiting for a CPU
+    (the second field of each thread's schedstat): how much a busy machine
+    held it back, which its CPU time does not show."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+class CpuWatch:
+    """The CPU each part of the storm used, sampled from /proc every
+    `interval` seconds by a thread of its own (the client's event loop is busy
+    with the sockets): the old gunicorn (master and workers), the new one,
+    nginx, redis-server, this client, and the machine as a whole; what the
+    machine used beyond these is other people's work on a shared machine.
+
+    A tree that has exited keeps its last sample, unless `settle` gives its
+    final figure (the old gunicorn's, from its exit status)."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self.pids: dict[str, int] = {}
+        # CPU seconds of each part when the count began.
+        self.start: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self.settled: dict[str, float] = {}
+        self.began = 0.0
+        # (seconds since `begin`, {part: CPU seconds since `begin`})
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        # part -> {pid: (waited for a CPU at its first look, at its last)}
+        self.waits: dict[str, dict[int, tuple[float, float]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, name: str, pid: int, *, whole_life: bool = False) -> None:
+        """Count `pid`'s tree from `begin` (or from now, if later), or over
+        its whole life (a process started after `begin`)."""
+        cpu = tree_cpu_seconds(pid) or 0.0
+        self.pids[name] = pid
+        self.start[name] = 0.0 if whole_life else cpu
+        self.last[name] = cpu
+
+    def settle(self, name: str, cpu_seconds: float) -> None:
+        # Not below its last sample: a master that exits before it has
+        # waited for a worker (one killed after graceful_timeout) leaves that
+        # worker's time out of its own figure.
+        self.settled[name] = max(cpu_seconds, self.last.get(name, 0.0))
+
+    def begin(self) -> None:
+        self._look_at_waits()
+        self.began = time.monotonic()
+        for name, pid in self.pids.items():
+            self.start[name] = self.last[name] = tree_cpu_seconds(pid) or 0.0
+        self.start["client"] = time.process_time()
+        self.start["machine"] = machine_busy_seconds()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _look_at_waits(self) -> None:
+        parts = {**self.pids, "client": os.getpid()}
+        for name, top in parts.items():
+            if name in self.settled:
+                continue
+            seen = self.waits.setdefault(name, {})
+            for pid in tree_pids(top) if name != "client" else [top]:
+                waited = waited_seconds(pid)
+                first = seen[pid][0] if pid in seen else waited
+                seen[pid] = (first, max(waited, seen.get(pid, (0, 0))[1]))
+
+    def _sample(self) -> None:
+        self._look_at_waits()
+        now = {"client": time.process_time(), "machine": machine_busy_seconds()}
+        for name, pid in list(self.pids.items()):
+            cpu = self.settled.get(name)
+            if cpu is None:
+                cpu = tree_cpu_seconds(pid)
+            if cpu is None:  # gone: its last sample stands
+                cpu = self.last[name]
+            now[name] = self.last[name] = cpu
+        used = {name: round(now[name] - self.start[name], 3) for name in now}
+        self.samples.append((time.monotonic() - self.began, used))
+
+    def end(self) -> dict:
+        """CPU seconds per part since `begin`, in all and second by second."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        elapsed, total = self.samples[-1]
+        parts = {name: round(cpu, 2) for name, cpu in total.items()}
+        ours = sum(cpu for name, cpu in total.items() if name != "machine")
+        parts["others"] = round(total["machine"] - ours, 2)
+        by_second: dict[str, list[float]] = {name: [] for name in total}
+        previous = dict.fromkeys(total, 0.0)
+        for second in range(1, math.ceil(elapsed) + 1):
+            sampled = [used for at, used in self.samples if at <= second]
+            if not sampled:
+                continue
+            for name in total:
+                value = sampled[-1].get(name, previous[name])
+                by_second[name].append(round(value - previous[name], 2))
+                previous[name] = value
+        waited = {
+            name: round(sum(last - first for first, last in seen.values()), 2)
+            for name, seen in self.waits.items()
+        }
+        return {
+            "seconds": round(elapsed, 2),
+            "cpu_seconds": parts,
+            # Seconds each part's processes (all threads together) were ready
+            # to run but waited for a CPU: well above its CPU seconds, the
+            # machine, not the part's own work, set its pace.
+            "waited_for_cpu_seconds": waited,
+            "cpu_by_second": by_second,
+        }
 
 
 # --- the clients -----------------------------------------------------------------
@@ -243,34 +452,77 @@ async def open_all(storm: Storm, clients: list[Client], progress) -> Counter:
 # --- the restart -------------------------------------------------------------------
 
 
-async def restart(variant: bench.Variant, old: Gunicorn, storm: Storm) -> dict:
-    """SIGTERM to the old master; the new gunicorn on the same port as soon as
-    the old one has closed its listening socket; the times of each step, in
-    seconds from the SIGTERM.
+async def start_first(
+    variant: bench.Variant, old: Gunicorn
+) -> tuple[Gunicorn, float, float]:
+    """--takeover overlap, before the SIGTERM: the new gunicorn on the old
+    one's port (both listen with SO_REUSEPORT, gunicorn.conf.py's
+    `listen_with_reuse_port`), once each of its workers says it is ready;
+    when it was started, and when it was ready. Not a request to /readyz: the
+    old gunicorn, on the same port, would answer it as well."""
+    started = time.monotonic()
+    new = Gunicorn(variant, old.port, f"app-{variant.worker_class}-new")
+    variant.started.append(new)
+    deadline = started + 120
+    while len(ready_workers(new.log_path)) < bench.WORKERS:
+        if new.process.poll() is not None or time.monotonic() > deadline:
+            sys.exit(
+                f"error: the new gunicorn's workers were not ready on port "
+                f"{old.port} while the old one listened; see {new.log_path}"
+            )
+        await asyncio.sleep(0.05)
+    return new, started, time.monotonic()
 
-    Why not both at once with SO_REUSEPORT (gunicorn's --reuse-port): the
-    kernel then spreads new connections over both listening sockets, and a
-    stopping gunicorn's workers keep theirs open after they stop accepting
-    (gevent's for up to a second), so the connections queued there are reset
-    when it closes; and a deploy that restarts a unit or a container also
-    stops the old process before it starts the new one."""
+
+def ready_workers(log: Path) -> set[str]:
+    """The pids of the workers whose "Worker ready" line is in `log`."""
+    return set(re.findall(r"Worker ready \(pid: (\d+)\)", log.read_text()))
+
+
+async def restart(
+    variant: bench.Variant,
+    old: Gunicorn,
+    storm: Storm,
+    cpu: CpuWatch,
+    ready_new: tuple[Gunicorn, float, float] | None,
+) -> dict:
+    """SIGTERM to the old master; the times of each step, in seconds from it.
+
+    With `ready_new` (--takeover overlap, a deploy in the order of the
+    generated docs/production.md) the new gunicorn is already serving on the
+    same port: the old one's clients come back to it at once. Without it
+    (--takeover sequential, as a restarted unit or container does) the new
+    gunicorn starts as soon as the old one has closed its listening sockets,
+    and its clients wait for it to boot."""
     times: dict = {}
     storm.sigterm_at = time.monotonic()
     old.process.send_signal(signal.SIGTERM)
-    while not port_is_free(old.port):
-        await asyncio.sleep(PORT_POLL_SECONDS)
-    times["port_released"] = time.monotonic() - storm.sigterm_at
-    new = Gunicorn(variant, old.port, f"app-{variant.worker_class}-new")
-    times["new_started"] = time.monotonic() - storm.sigterm_at
-    variant.started.append(new)
+    if ready_new:
+        new, started, ready = ready_new
+        times["new_started"] = started - storm.sigterm_at
+        times["new_ready"] = ready - storm.sigterm_at
+    else:
+        while not port_is_free(old.port):
+            await asyncio.sleep(PORT_POLL_SECONDS)
+        times["port_released"] = time.monotonic() - storm.sigterm_at
+        new = Gunicorn(variant, old.port, f"app-{variant.worker_class}-new")
+        times["new_started"] = time.monotonic() - storm.sigterm_at
+        variant.started.append(new)
+        cpu.watch("new gunicorn", new.pid, whole_life=True)
 
     async def ready() -> None:
-        await asyncio.to_thread(new.wait_until_listening, "/healthz", 120)
-        times["new_answered"] = time.monotonic() - storm.sigterm_at
+        if ready_new:
+            return
+        if await asyncio.to_thread(new.first_answer, "/healthz", 120):
+            times["new_answered"] = time.monotonic() - storm.sigterm_at
 
     async def old_exit() -> None:
-        await asyncio.to_thread(old.process.wait)
+        # wait4 rather than Popen.wait: its CPU figure counts the workers the
+        # master waited for, to their end.
+        _, status, usage = await asyncio.to_thread(os.wait4, old.pid, 0)
         times["old_exited"] = time.monotonic() - storm.sigterm_at
+        old.process.returncode = os.waitstatus_to_exitcode(status)
+        cpu.settle("old gunicorn", usage.ru_utime + usage.ru_stime)
 
     times["tasks"] = [asyncio.create_task(ready()), asyncio.create_task(old_exit())]
     return times
@@ -309,7 +561,7 @@ def peak_per_second(times: list[float]) -> int:
     return peak
 
 
-async def measure(variant, old, plan, arguments, progress) -> dict:
+async def measure(variant, old, plan, arguments, progress, cpu: CpuWatch) -> dict:
     storm = Storm(plan, arguments.base, arguments.cap)
     clients = [Client(index) for index in range(plan.connections)]
     report: dict = {"sockets": plan.connections}
@@ -324,9 +576,15 @@ async def measure(variant, old, plan, arguments, progress) -> dict:
                 await loadtest.close_quietly(client.ws)
         return report
 
+    ready_new = None
+    if arguments.takeover == "overlap":
+        ready_new = await start_first(variant, old)
+        # From the SIGTERM on, as the old one's.
+        cpu.watch("new gunicorn", ready_new[0].pid)
     lives = [asyncio.create_task(live(storm, client)) for client in clients]
-    cpu_before = time.process_time()
-    times = await restart(variant, old, storm)
+    cpu.watch("old gunicorn", old.pid)
+    cpu.begin()
+    times = await restart(variant, old, storm, cpu, ready_new)
     deadline = storm.sigterm_at + arguments.deadline
     while not storm.everyone_back.is_set() and time.monotonic() < deadline:
         with contextlib.suppress(TimeoutError):
@@ -339,7 +597,7 @@ async def measure(variant, old, plan, arguments, progress) -> dict:
             force=True,
         )
     ended = time.monotonic()
-    cpu = time.process_time() - cpu_before
+    used = cpu.end()
     for task in lives:
         task.cancel()
     for outcome in await asyncio.gather(*lives, return_exceptions=True):
@@ -404,13 +662,19 @@ async def measure(variant, old, plan, arguments, progress) -> dict:
                 "back": per_second([c.back_at for c in back], sigterm),
             },
             "gunicorn": {name: round(value, 3) for name, value in times.items()},
-            "client_cpu_share": round(cpu / max(ended - sigterm, 1e-9), 3),
+            "client_cpu_share": round(
+                used["cpu_seconds"]["client"] / max(ended - sigterm, 1e-9), 3
+            ),
+            # CPU seconds from SIGTERM to the end of the storm, by part.
+            "cpu": used,
         }
     )
-    await loadtest.gather_limited(
-        (loadtest.close_quietly(c.ws) for c in clients if c.ws is not None),
-        plan.concurrency,
-    )
+    # Dropped rather than closed: a closing handshake may wait up to
+    # --timeout twice per socket on a server still swamped by the storm, and
+    # the servers are stopped next anyway.
+    for client in clients:
+        if client.ws is not None:
+            client.ws.transport.abort()
     return report
 
 
@@ -435,8 +699,19 @@ def print_summary(report: dict) -> None:
         f"nginx: {when}",
         f"closes      {codes or 'none'}"
         + ("" if report["all_1001"] else "  (not every socket got 1001)"),
-        f"gunicorn    port free {gunicorn['port_released']:.2f} s, new one "
-        f"answered {gunicorn.get('new_answered', math.nan):.2f} s, old one exited "
+        f"gunicorn    {report['takeover']}: "
+        + (
+            f"port free {gunicorn['port_released']:.2f} s, "
+            if "port_released" in gunicorn
+            else ""
+        )
+        + f"new one started {gunicorn['new_started']:.2f} s, "
+        + (
+            f"ready {gunicorn['new_ready']:.2f} s, "
+            if "new_ready" in gunicorn
+            else f"answered {gunicorn.get('new_answered', math.nan):.2f} s, "
+        )
+        + "old one exited "
         f"{gunicorn.get('old_exited', math.nan):.2f} s after SIGTERM",
         f"back        s after SIGTERM: p50 {back['p50']}  p90 {back['p90']}  "
         f"p99 {back['p99']}  max {back['max']}",
@@ -457,6 +732,21 @@ def print_summary(report: dict) -> None:
     if report["closed_again"]:
         codes = ", ".join(f"{k}: {v}" for k, v in report["closed_again"].items())
         lines.append(f"closed again before all were back: {codes}")
+    cpu = report["cpu"]
+    parts = ", ".join(
+        f"{name} {seconds:.1f}"
+        for name, seconds in cpu["cpu_seconds"].items()
+        if name != "machine"
+    )
+    lines.append(
+        f"cpu         {cpu['cpu_seconds']['machine']:.1f} s of the machine's in the "
+        f"storm's {cpu['seconds']:.1f} s: {parts}"
+    )
+    waits = ", ".join(
+        f"{name} {seconds:.1f}"
+        for name, seconds in cpu["waited_for_cpu_seconds"].items()
+    )
+    lines.append(f"waited      for a CPU, s: {waits}")
     lines.append(
         f"client      {report['client_cpu_share']:.0%} of a core during the storm; "
         f"load average {report['load_before']:.2f} before, "
@@ -502,6 +792,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         default=30,
         help="seconds per step: connect and handshake, then the echo",
     )
+    parser.add_argument(
+        "--takeover",
+        choices=("overlap", "sequential"),
+        default="overlap",
+        help="overlap: the new gunicorn starts and answers before the old one "
+        "gets SIGTERM (the documented deploy); sequential: it starts once the "
+        "old one has let go of the port (a restarted unit or container)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--keep", action="store_true", help="keep the logs' folder")
@@ -532,8 +830,7 @@ def main(argv=None) -> int:
         "bake": str(root),
         "worker_class": baked.worker_class,
         "workers": bench.WORKERS,
-        "takeover": "sequential: the new gunicorn binds the port once the old "
-        "one has closed its listening socket",
+        "takeover": arguments.takeover,
         "backoff": {
             "kind": "full jitter",
             "base": arguments.base,
@@ -546,8 +843,10 @@ def main(argv=None) -> int:
         if not arguments.keep:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         redis_url = "redis://127.0.0.1:6379/0"  # the default; memory bakes ignore it
+        cpu = CpuWatch()
         if baked.broadcast == "redis":
             redis = bench.start_redis(workdir)
+            cpu.watch("redis", redis.pid)
             stack.callback(redis.stop)
             redis_url = f"redis://127.0.0.1:{redis.port}/0"
         variant = bench.Variant(baked, redis_url, workdir)
@@ -559,6 +858,7 @@ def main(argv=None) -> int:
         variant.started.append(old)
         old.wait_until_listening("/healthz")
         nginx = variant.nginx(old)
+        cpu.watch("nginx", nginx.pid)
         stack.callback(nginx.stop)
         url = f"ws://127.0.0.1:{nginx.port}{ROUTE}"
         token = loadtest.fetch_token(
@@ -582,7 +882,9 @@ def main(argv=None) -> int:
             watched={},
         )
         report["url"] = url
-        report.update(asyncio.run(measure(variant, old, plan, arguments, progress)))
+        report.update(
+            asyncio.run(measure(variant, old, plan, arguments, progress, cpu))
+        )
         report["load_after"] = os.getloadavg()[0]
         if arguments.keep:
             report["logs"] = str(variant.logs)

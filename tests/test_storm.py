@@ -17,9 +17,10 @@ from test_generated_suite import locked_venv
 STORM = TEMPLATE_DIR / "benchmarks" / "storm.py"
 SOCKETS = 30
 # What a client may meet on its way back: nginx's 502 while no gunicorn
-# listens (504, or its own timeout, while the new one's workers boot on a
-# loaded machine); a stopping worker's 503, or its 1001 to a socket it took
-# just before it was told to stop.
+# listens, or when a stopping gunicorn closes its listening socket with
+# connections still queued there (504, or its own timeout, while the new
+# one's workers boot on a loaded machine); a stopping worker's 503, or its
+# 1001 to a socket it took just before it was told to stop.
 REFUSALS = re.compile(r"HTTP 50[234]|timeout \(handshake\)|closed 1001 \(echo\)")
 
 
@@ -45,7 +46,10 @@ def storm_bake(request, cookies_session):
 
 
 @pytest.mark.slow
-def test_every_socket_gets_1001_and_comes_back_after_a_restart(storm_bake, tmp_path):
+@pytest.mark.parametrize("takeover", ["overlap", "sequential"])
+def test_every_socket_gets_1001_and_comes_back_after_a_restart(
+    storm_bake, tmp_path, takeover
+):
     worker_class, bake = storm_bake
     report_path = tmp_path / "storm.json"
     # A short backoff: the new gunicorn boots in a few seconds, and the clients
@@ -53,7 +57,7 @@ def test_every_socket_gets_1001_and_comes_back_after_a_restart(storm_bake, tmp_p
     result = run(
         [str(bake / ".venv" / "bin" / "python"), str(STORM), str(bake)]
         + ["-n", str(SOCKETS), "--base", "0.2", "--cap", "2", "--deadline", "90"]
-        + ["--quiet", "--json", str(report_path)],
+        + ["--takeover", takeover, "--quiet", "--json", str(report_path)],
         cwd=tmp_path,
         timeout=240,
     )
@@ -88,8 +92,21 @@ def test_every_socket_gets_1001_and_comes_back_after_a_restart(storm_bake, tmp_p
     assert sum(series["handshakes"]) == report["handshakes"]
     assert sum(series["attempts"]) == report["attempts"]
     gunicorn = report["gunicorn"]
-    assert 0 <= gunicorn["port_released"] <= gunicorn["new_started"]
-    assert gunicorn["new_started"] <= gunicorn["new_answered"]
+    if takeover == "overlap":
+        # Started, and each of its workers ready, before the SIGTERM.
+        assert gunicorn["new_started"] <= gunicorn["new_ready"] <= 0
+        assert "port_released" not in gunicorn
+    else:
+        assert 0 <= gunicorn["port_released"] <= gunicorn["new_started"]
+        assert gunicorn["new_started"] <= gunicorn["new_answered"]
+    assert report["takeover"] == takeover
+    # Where the CPU went during the storm, part by part.
+    cpu = report["cpu"]
+    parts = {"client", "machine", "old gunicorn", "new gunicorn", "nginx"}
+    assert set(cpu["cpu_seconds"]) == parts | {"others"}
+    assert set(cpu["waited_for_cpu_seconds"]) == parts - {"machine"}
+    assert cpu["cpu_seconds"]["new gunicorn"] > 0
+    assert all(len(series) >= 1 for series in cpu["cpu_by_second"].values())
     assert report["backoff"] == {"kind": "full jitter", "base": 0.2, "cap": 2.0}
     assert report["worker_class"] == worker_class
     assert "all back and echoed" in result.stdout

@@ -14,11 +14,13 @@ import tempfile
 {%- if cookiecutter.worker_class == "gthread" %}
 import threading
 {%- endif %}
+import time
 from pathlib import Path
 
 {% if cookiecutter.worker_class == "gevent" -%}
 import gevent
 {% endif -%}
+from gunicorn import sock as gunicorn_sockets
 from gunicorn.glogging import Logger
 
 from {{ cookiecutter.package_name }} import logs
@@ -131,6 +133,7 @@ forwarded_allow_ips = (
 # https://docs.gunicorn.org/en/stable/settings.html#on-starting
 def on_starting(server):
     """In the master, before the first worker starts."""
+    listen_with_reuse_port(server)
     prepare_metrics_folder(server)
 {%- if cookiecutter.broadcast == "memory" %}
     if server.cfg.workers > 1:
@@ -141,6 +144,32 @@ def on_starting(server):
             server.cfg.workers,
         )
 {%- endif %}
+
+
+def listen_with_reuse_port(server):
+    """Listen with SO_REUSEPORT, so that a new gunicorn can listen on the same
+    address while this one still does: a deploy starts the new one first and
+    stops the old one once the new one's workers are ready
+    (docs/production.md, "Restarts and deploys"), and the clients the old one
+    closes with 1001 come back to workers already running instead of waiting
+    for them to boot. The kernel spreads new connections over every socket
+    listening on the address; once the old one's is closed, all go to the new.
+
+    gunicorn's own `reuse_port` setting would give each worker a socket of its
+    own instead of the master's one, each with its own queue: the master
+    binds its sockets here, with gunicorn's code and that setting on just for
+    this, and its workers share them as usual. Not when the sockets are handed
+    down (a re-exec after SIGUSR2, systemd's socket activation). The price: a
+    second gunicorn started on the same port by mistake shares it instead of
+    failing with "Address already in use".
+    https://docs.gunicorn.org/en/stable/settings.html#reuse-port"""
+    if server.LISTENERS or server.master_pid or os.environ.get("LISTEN_FDS"):
+        return
+    server.cfg.set("reuse_port", True)
+    try:
+        server.LISTENERS = gunicorn_sockets.create_sockets(server.cfg, server.log)
+    finally:
+        server.cfg.set("reuse_port", False)
 
 
 def prepare_metrics_folder(server):
@@ -241,6 +270,8 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, close_sockets_then_stop)
     signal.signal(signal.SIGINT, quit_once)
     signal.signal(signal.SIGQUIT, quit_once)
+    # What a deploy waits for, per worker, before it stops the old gunicorn.
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 
 # https://docs.gunicorn.org/en/stable/settings.html#worker-int
@@ -299,16 +330,26 @@ def close_open_sockets(worker):
     open_connections = app_extensions(worker).get("open_connections")
     if open_connections is None:
         return
-{%- if cookiecutter.worker_class == "gevent" %}
+
+    def close_all():
+        started = time.monotonic()
+        closed = open_connections.close_all()
+        if closed:
+            worker.log.info(
+                "Sent 1001 to %d WebSockets in %.2f s",
+                closed,
+                time.monotonic() - started,
+            )
+{% if cookiecutter.worker_class == "gevent" %}
     # Called from the SIGTERM handler, which runs in gevent's hub; the hub must
     # not wait (starting a thread waits: BlockingSwitchOutError, exit code 255),
     # so a greenlet closes the sockets, as gunicorn's own gevent handlers do.
-    gevent.spawn(open_connections.close_all)
+    gevent.spawn(close_all)
 {%- else %}
     # Called from signal handlers. Closing takes locks that a handler may
     # hold; a signal handler must not wait for them, so a thread closes the
     # sockets.
-    threading.Thread(target=open_connections.close_all, daemon=True).start()
+    threading.Thread(target=close_all, daemon=True).start()
 {%- endif %}
 
 

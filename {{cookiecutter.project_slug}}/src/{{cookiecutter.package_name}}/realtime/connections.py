@@ -5,6 +5,7 @@ revoked, and a clean close when the worker stops."""
 import _thread
 import math
 import select
+import socket
 import threading
 import time
 from contextlib import suppress
@@ -251,6 +252,29 @@ class Connection:
         # receive() waits for the client otherwise; the handler can end now.
         self._ws.event.set()
 
+    def going_away(self, reason: str) -> None:
+        """Close with 1001, and end the connection once the frame is out.
+
+        Its sending side only (a FIN after the frame): the client, or a proxy
+        in front, gets the frame and then the end of the stream at once, and
+        closes too; what the client sends meanwhile (its answer to the close)
+        can still be read. A frame that had to wait for room (a client behind
+        with its reading) is left to the writer, and the connection to the
+        usual closing handshake."""
+        self.close(GOING_AWAY, reason)
+        if self._outbox.backlog:
+            return
+        # A duplicate of the descriptor, for shutdown(), which acts on the
+        # connection itself; the socket's own object stays with its owner.
+        try:
+            duplicate = socket.fromfd(
+                self._outbox.fileno(), socket.AF_INET, socket.SOCK_STREAM
+            )
+        except OSError:  # closed meanwhile
+            return
+        with duplicate, suppress(OSError):
+            duplicate.shutdown(socket.SHUT_WR)
+
     def finish(self) -> int:
         """The handler is done: close the socket if it is open, give the client
         CLOSE_TIMEOUT seconds to read what is queued and answer, then cut it.
@@ -377,12 +401,18 @@ class OpenConnections:
         return oldest
 
     def close_all(self, reason: str = SHUTTING_DOWN) -> int:
-        """Close every socket with 1001 and admit no more; returns how many."""
+        """Close every socket with 1001 and admit no more; returns how many.
+
+        Each socket's TCP connection is ended as soon as its close frame is
+        out (`Connection.going_away`), rather than after its client's answer:
+        a client (a browser, `websockets`) reconnects once the connection is
+        closed, not when the close frame arrives, and thousands of answers
+        would each wait their turn in this stopping worker."""
         with self._lock:
             self._stopping = True
             connections = list(self._open)
         for connection in connections:
-            connection.close(GOING_AWAY, reason)
+            connection.going_away(reason)
         return len(connections)
 
 
