@@ -1,8 +1,9 @@
 """Benchmarks: the generated service against plain Flask-Sock, same machine, same run.
 
     python -m pip install -r benchmarks/requirements.txt
-    python benchmarks/run.py           # every figure, about 20 minutes
+    python benchmarks/run.py           # every figure, about an hour
     python benchmarks/run.py --quick   # the same steps with small numbers
+    python benchmarks/run.py --sections storm,cluster --set cluster_sockets=5000
 
 It bakes the template twice (worker_class gthread and gevent, broadcast redis),
 installs each bake into its own venv, starts a redis-server of its own on a
@@ -13,25 +14,43 @@ free port, and for each worker class measures, in one run:
 - the service straight from gunicorn ("app"), and through the generated nginx
   configuration run by the machine's nginx ("nginx").
 
-Figures: echo round trips per second and p50/p99 latency at 1, 100 and 1,000
-connections; the most sockets held with no error and the memory per socket,
-with permessage-deflate on and off; chat fan-out time to 1,000 subscribers on
-two workers. The clients are benchmarks/loadtest.py and benchmarks/fanout.py,
-run by each bake's venv python.
+Figures, by section (`--sections` picks some): echo round trips per second
+and p50/p99 latency at 1, 100 and 1,000 connections, and handshakes per
+second ("echo"); the most sockets held with no error ("capacity"); memory
+per idle socket, with permessage-deflate off and on ("memory"); chat fan-out
+time to 1,000 subscribers on two workers ("fanout"). For gevent only, the
+worker class their targets name: fan-out to 10,000 subscribers
+("fanout_large"), the reconnect storm of a deploy at 10,000 sockets
+(benchmarks/storm.py, run as a subprocess: "storm"), and 20,000 sockets on
+two gunicorn instances behind one nginx ("cluster"). The clients are
+benchmarks/loadtest.py and benchmarks/fanout.py, run by each bake's venv
+python.
+
+Noise: what is compared takes turns on the same machine, in `rounds` rounds
+(five in a full run), and every round's figure is kept, so that BENCHMARKS.md
+gives each as the median with its range and can tell when the range is wider
+than the difference claimed. Each section records the CPU that other work on
+the machine used while it ran (/proc/stat, less the run's own processes). A
+section that fails is recorded, the others still run, and the run exits 1.
 
 Most figures are measured from outside: by the client, from /proc, from the
 kernel's TCP table. The baseline has no /metrics, so every figure compared
 with it is measured that way on both. What the service counts itself is read
 from its GET /metrics as well, where that is simpler than measuring it
 (benchmarks/service_metrics.py): the sockets its workers admit together, the
-sockets they hold at the end of the hold, the handshakes by outcome (why a
-socket was refused), and the chat's own delivery time. BENCHMARKS.md says
-which figure came from where.
+sockets they hold at the end of the hold (each instance's, with two), the
+handshakes by outcome (why a socket was refused), and the chat's own delivery
+time. BENCHMARKS.md says which figure came from where.
 
 It writes results.json, then BENCHMARKS.md and latency.png from it
 (benchmarks/report.py, which also rewrites them from an earlier results.json
 without measuring), to benchmarks/ (--quick: to a temporary folder, unless
 --output-dir says otherwise). Only loopback addresses are used.
+
+File descriptors: the run raises its open-file limit to the hard limit for
+itself and the servers it starts; loadtest.py and fanout.py raise their own
+hard limit as root when N needs more, and nginx's workers get twice their
+worker_connections.
 """
 
 import argparse
@@ -112,6 +131,9 @@ class Scale:
     storm_sockets: int
     storm_rounds: int
     storm_deadline: float
+    # The clients' backoff (base, cap) in seconds; None: storm.py's own,
+    # the generated client's.
+    storm_backoff: tuple[float, float] | None
     cluster_sockets: int
     cluster_rounds: int
 
@@ -138,6 +160,7 @@ FULL = Scale(
     storm_sockets=10000,
     storm_rounds=5,
     storm_deadline=60,
+    storm_backoff=None,
     cluster_sockets=20000,
     cluster_rounds=1,
 )
@@ -162,6 +185,9 @@ QUICK = Scale(
     storm_sockets=30,
     storm_rounds=1,
     storm_deadline=60,
+    # The new gunicorn answers within seconds: the clients need not wait
+    # longer than that to be back (as tests/test_storm.py runs it).
+    storm_backoff=(0.2, 2),
     cluster_sockets=100,
     cluster_rounds=1,
 )
@@ -815,6 +841,9 @@ def measure_storm(variant: Variant, scale: Scale) -> list[dict]:
             *("-n", scale.storm_sockets, "--deadline", scale.storm_deadline),
             *("--json", report_path, "--quiet"),
         ]
+        if scale.storm_backoff:
+            base, cap = scale.storm_backoff
+            command += ["--base", base, "--cap", cap]
         result = subprocess.run(
             [str(part) for part in command],
             capture_output=True,
