@@ -587,7 +587,10 @@ def storm_clean(report: dict) -> bool:
 
 def storm_target(rows: list[dict], scale: dict) -> str:
     reports = [row["report"] for row in rows]
-    seconds = [storm_back(report) for report in reports]
+    # A round storm.py wrote no report of brought nobody back as far as is known.
+    seconds = [
+        math.inf if "error" in row else storm_back(row["report"]) for row in rows
+    ]
     clean = sum(storm_clean(report) for report in reports)
     sockets = scale.get("storm_sockets", 10_000)
     measured = ""
@@ -802,6 +805,12 @@ def storm_table(rows: list[dict]) -> list[str]:
     ]
     for row in rows:
         report = row["report"]
+        if "error" in row:
+            lines.append(
+                f"| {row['round']} | – | storm.py wrote no report "
+                f"({row['exit_status']}) | – | – | – | – | – | – |"
+            )
+            continue
         if report.get("open_failures"):
             lines.append(
                 f"| {row['round']} | {report.get('opened', 0):,} of "
@@ -1208,6 +1217,19 @@ def notes(results: dict) -> list[str]:
             f"before the run on {cores} cores{during}: absolute figures are lower "
             "than on a quiet machine, and ratios taken minutes apart carry that "
             "noise."
+        )
+    busy = [row for row in results.get("sections", []) if row["others_cpu_share"] > 0.1]
+    if busy:
+        named = ", ".join(
+            f"{row['worker_class']} {SECTION_NAMES.get(row['section'], row['section'])}"
+            f" {row['others_cpu_share']:.0%}"
+            for row in busy
+        )
+        lines.append(
+            "- **Sections that shared the machine.** Other work used more than "
+            f"a tenth of the CPU during these: {named}. Their figures, and "
+            "above all their ranges, carry that noise; a figure marked "
+            "unstable there is worth measuring again on a quiet machine."
         )
     for worker_class, section in results["variants"].items():
         lines += echo_notes(worker_class, section.get("echo", []), cores)

@@ -844,24 +844,52 @@ def measure_storm(variant: Variant, scale: Scale) -> list[dict]:
         if scale.storm_backoff:
             base, cap = scale.storm_backoff
             command += ["--base", base, "--cap", cap]
-        result = subprocess.run(
-            [str(part) for part in command],
-            capture_output=True,
-            text=True,
-            cwd=BENCHMARKS,
-            timeout=scale.storm_sockets / 100 + scale.storm_deadline + 300,
+        status, output = run_group(
+            command, timeout=scale.storm_sockets / 100 + scale.storm_deadline + 300
         )
         if not report_path.exists():
-            raise RuntimeError(f"storm failed:\n{result.stdout}{result.stderr}")
+            # The round counts as failed; the next one may still measure.
+            say(f"storm.py wrote no report ({status}): {output[-500:]}")
+            rows.append(
+                {
+                    "round": number,
+                    "exit_status": status,
+                    "error": output[-3000:],
+                    "report": {},
+                }
+            )
+            continue
         report = json.loads(report_path.read_text())
         rows.append(
             {
                 "round": number,
-                "exit_status": result.returncode,
+                "exit_status": status,
                 "report": {k: report[k] for k in STORM_FIELDS if k in report},
             }
         )
     return rows
+
+
+def run_group(command, timeout: float) -> tuple[int | str, str]:
+    """Run `command` in a process group of its own, from benchmarks/; its
+    exit status and output. Past `timeout` the whole group is killed, the
+    servers it started with it, and the status is "timed out"."""
+    process = subprocess.Popen(
+        [str(part) for part in command],
+        cwd=BENCHMARKS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return f"timed out after {timeout:.0f} s", output
 
 
 def measure_cluster(variant: Variant, scale: Scale) -> list[dict]:

@@ -751,3 +751,24 @@ def test_the_page_says_it_is_generated_and_keeps_the_notes_written_by_hand(
     notes = (TEMPLATE_DIR / "benchmarks" / "NOTES.md").read_text().splitlines()
     start = lines.index(notes[0])
     assert lines[start : start + len(notes)] == notes
+
+
+def test_a_storm_round_without_a_report_counts_as_failed(tmp_path):
+    results = rounds_results()
+    storm = results["variants"]["gevent"]["storm"]
+    storm[-1] = {
+        "round": 5,
+        "exit_status": "timed out after 460 s",
+        "error": "...",
+        "report": {},
+    }
+    lines = page(results, tmp_path)
+    (row,) = [line for line in lines if line.startswith("| gevent: 10,000 sockets")]
+    assert row.endswith(
+        "| 13.5 s (11.0–inf); every client back, none failed and every close "
+        "1001 in 4 of 5 rounds | 5 | no | unstable |"
+    )
+    assert (
+        "| 5 | – | storm.py wrote no report (timed out after 460 s) "
+        "| – | – | – | – | – | – |"
+    ) in lines
