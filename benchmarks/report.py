@@ -676,7 +676,11 @@ def write_chart(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variants = results["variants"]
+    variants = {
+        worker_class: section
+        for worker_class, section in results["variants"].items()
+        if section.get("echo")
+    }
     figure, axes = plt.subplots(
         1, len(variants), figsize=(4.5 * len(variants), 3.6), sharey=True, squeeze=False
     )
@@ -1022,7 +1026,8 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         "",
     ]
     for worker_class, section in results["variants"].items():
-        lines += [f"## {worker_class}", ""]
+        if any(section.get(name) for name in ("echo", "capacity", "memory")):
+            lines += [f"## {worker_class}", ""]
         if section.get("echo"):
             lines += [
                 "### Echo round trips",
@@ -1391,8 +1396,10 @@ def delivery_note(report: dict) -> str:
 
 
 def write_report(results: dict, folder: Path) -> Path:
-    """BENCHMARKS.md and latency.png in `folder`; the page's path."""
-    write_chart(results, folder / "latency.png")
+    """BENCHMARKS.md and latency.png (when echo was measured) in `folder`;
+    the page's path."""
+    if any(section.get("echo") for section in results["variants"].values()):
+        write_chart(results, folder / "latency.png")
     page = folder / "BENCHMARKS.md"
     write_markdown(results, page, "latency.png")
     return page
