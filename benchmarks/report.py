@@ -399,10 +399,15 @@ def with_range(values, digits=0, unit="", prefix="") -> str:
     values = finite(values)
     if not values:
         return "–"
-    text = f"{prefix}{statistics.median(values):,.{digits}f}{unit}"
+
+    def shown(value: float) -> str:
+        # Infinity: a round that never got there (a storm's client not back).
+        return "never" if math.isinf(value) else f"{value:,.{digits}f}"
+
+    middle = statistics.median(values)
+    text = f"{prefix}{shown(middle)}{'' if math.isinf(middle) else unit}"
     if len(values) > 1 and min(values) != max(values):
-        low, high = min(values), max(values)
-        text += f" ({low:,.{digits}f}–{high:,.{digits}f})"
+        text += f" ({shown(min(values))}–{shown(max(values))})"
     return text
 
 
