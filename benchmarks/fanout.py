@@ -14,6 +14,13 @@ the connections each worker holds, from the kernel's TCP table, to show that
 the subscribers are spread over the workers (the service's /metrics only has
 their sum).
 
+The subscribers are lean: a raw socket each with an asyncio protocol that
+parses the server's frames as they arrive (answering pings, so that the
+server keeps them) and looks for the labels in each text frame, with no
+WebSocket library and no coroutine per message. At 10,000 subscribers a
+library client's own reading of every socket would be most of what is
+timed. The sender is a websockets client, as in loadtest.py.
+
 With `--metrics-url` (the generated service's GET /metrics, on gunicorn's own
 port) it also reads the service's own delivery time, chat_delivery_seconds:
 from a message's publication to its write on each socket, for the timed
@@ -27,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import statistics
 import sys
@@ -43,6 +51,10 @@ PAUSE_SECONDS = 0.5
 # Seconds to wait for /metrics to count every delivery: a worker observes
 # each one just after the write the client may already have read.
 COUNTED_SECONDS = 10
+# The labels the sender sends, as they appear in what a subscriber receives.
+LABEL = re.compile(rb"join-[0-9a-f]{8}|fanout-[0-9]+-[0-9a-f]{8}")
+# A client's frames are masked; the mask may be any four bytes.
+MASK = b"\x5a\x17\xc3\x09"
 
 
 def sockets_per_worker(master: int, port: int) -> dict[int, int]:
@@ -93,47 +105,155 @@ async def measure(arguments) -> dict:
     )
     failures: dict[str, int] = {}
 
+    def failed(error: BaseException) -> None:
+        if isinstance(error, loadtest.HandshakeRefused):
+            reason = f"HTTP {error.status}"
+        else:
+            reason = loadtest.failure_reason(error, "handshake")
+        failures[reason] = failures.get(reason, 0) + 1
+
+    try:
+        sender = await asyncio.wait_for(
+            loadtest.open_socket(plan, 0), arguments.timeout
+        )
+    except Exception as error:
+        failed(error)
+        return {"failures": failures, "subscribers": 0, "asked": arguments.subscribers}
+    listening = Listening()
+    request = loadtest.upgrade_request(plan.url, plan.token)
+    parts = urlsplit(plan.url)
+    started = time.monotonic()
+
     async def open_one(index: int):
         try:
             return await asyncio.wait_for(
-                loadtest.open_socket(plan, index), arguments.timeout
+                subscribe(parts.hostname, parts.port or 80, request, listening),
+                arguments.timeout,
             )
         except Exception as error:
-            reason = loadtest.failure_reason(error, "handshake")
-            failures[reason] = failures.get(reason, 0) + 1
+            failed(error)
             return None
 
     opened = await loadtest.gather_limited(
-        (open_one(index) for index in range(plan.connections)), plan.concurrency
+        (open_one(index) for index in range(arguments.subscribers)), plan.concurrency
     )
-    sockets = [ws for ws in opened if ws is not None]
-    if len(sockets) < 2:
-        return {"failures": failures, "subscribers": 0, "asked": arguments.subscribers}
-
-    listening = Listening(len(sockets) - 1)
-    sender, subscribers = sockets[0], sockets[1:]
-    tasks = [asyncio.create_task(listening.listen(ws)) for ws in subscribers]
+    subscribers = [each for each in opened if each is not None]
+    listening.subscribers = len(subscribers)
     # The sender hears the chat too; reading keeps its buffer empty.
-    tasks.append(asyncio.create_task(listening.drain(sender)))
-    report = {"asked": arguments.subscribers, "subscribers": len(subscribers)}
+    drain = asyncio.create_task(Listening.drain(sender))
+    report = {
+        "asked": arguments.subscribers,
+        "subscribers": len(subscribers),
+        "open_seconds": round(time.monotonic() - started, 3),
+    }
+    cpu = time.process_time()
     try:
-        report.update(await timed_messages(arguments, sender, listening))
+        if subscribers:
+            report.update(await timed_messages(arguments, sender, listening))
     except Exception as error:  # the sender's socket failed: say how
         report["error"] = loadtest.failure_reason(error, "sending")
-    for task in tasks:
-        task.cancel()
-    await loadtest.gather_limited(
-        (loadtest.close_quietly(ws) for ws in sockets), plan.concurrency
-    )
+    report["client_cpu_seconds"] = round(time.process_time() - cpu, 3)
+    report["closed_early"] = sum(1 for each in subscribers if each.closed)
+    drain.cancel()
+    for each in subscribers:
+        each.close()
+    await loadtest.close_quietly(sender)
     report["failures"] = failures
     return report
+
+
+class Subscriber(asyncio.Protocol):
+    """One lean chat subscriber: the upgrade, then the server's frames parsed
+    as they come; pings answered, labels in text frames heard."""
+
+    def __init__(self, request: bytes, listening: "Listening") -> None:
+        self.request = request
+        self.listening = listening
+        self.upgraded: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.buffer = b""
+        self.seen: set[bytes] = set()
+        self.transport = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded.done():
+            head, found, rest = self.buffer.partition(b"\r\n\r\n")
+            if not found:
+                return
+            status = head.split(b" ", 2)[1].decode()
+            if status != "101":
+                self.upgraded.set_exception(loadtest.HandshakeRefused(int(status)))
+                self.transport.close()
+                return
+            self.upgraded.set_result(None)
+            self.buffer = rest
+        self.read_frames()
+
+    def read_frames(self) -> None:
+        buffer, now = self.buffer, None
+        while len(buffer) >= 2:
+            opcode, length, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    break
+                length, start = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    break
+                length, start = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < start + length:
+                break
+            payload = buffer[start : start + length]
+            buffer = buffer[start + length :]
+            if opcode == 0x9:  # ping: a pong with the same payload
+                self.transport.write(masked(0xA, payload))
+            elif opcode == 0x8:
+                self.closed = True
+            elif opcode in (0x0, 0x1):
+                now = now or time.perf_counter()
+                self.listening.hear(payload, self.seen, now)
+        self.buffer = buffer
+
+    def connection_lost(self, error) -> None:
+        self.closed = True
+        if not self.upgraded.done():
+            self.upgraded.set_exception(error or ConnectionResetError())
+
+    def close(self) -> None:
+        if self.transport and not self.transport.is_closing():
+            self.transport.write(masked(0x8, (1000).to_bytes(2, "big")))
+            self.transport.close()
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (short payloads only: pongs and a close)."""
+    body = bytes(byte ^ MASK[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + MASK + body
+
+
+async def subscribe(host: str, port: int, request: bytes, listening) -> Subscriber:
+    loop = asyncio.get_running_loop()
+    transport, subscriber = await loop.create_connection(
+        lambda: Subscriber(request, listening), host, port
+    )
+    try:
+        await subscriber.upgraded
+    except BaseException:
+        transport.close()
+        raise
+    return subscriber
 
 
 class Listening:
     """When each subscriber first heard each label."""
 
-    def __init__(self, subscribers: int) -> None:
-        self.subscribers = subscribers
+    def __init__(self) -> None:
+        self.subscribers = 0
         self.heard: dict[str, list[float]] = {}
         self.everyone_heard: dict[str, asyncio.Event] = {}
 
@@ -141,20 +261,18 @@ class Listening:
         self.heard[label] = []
         self.everyone_heard[label] = asyncio.Event()
 
-    async def listen(self, ws) -> None:
-        seen = set()
-        try:
-            while True:
-                text = await ws.recv()
-                now = time.perf_counter()
-                for label, times in self.heard.items():
-                    if label in text and label not in seen:
-                        seen.add(label)
-                        times.append(now)
-                        if len(times) == self.subscribers:
-                            self.everyone_heard[label].set()
-        except Exception:  # closed: it hears nothing more
-            return
+    def hear(self, payload: bytes, seen: set[bytes], now: float) -> None:
+        """One subscriber's text frame, received at `now`."""
+        for found in LABEL.findall(payload):
+            if found in seen:
+                continue
+            seen.add(found)
+            times = self.heard.get(found.decode())
+            if times is None:
+                continue
+            times.append(now)
+            if len(times) == self.subscribers:
+                self.everyone_heard[found.decode()].set()
 
     @staticmethod
     async def drain(ws) -> None:
@@ -217,6 +335,8 @@ async def timed_messages(arguments, sender, listening: Listening) -> dict:
         "messages": messages,
         "reached_min": min((m["reached"] for m in messages), default=0),
         "all_ms_median": statistics.median(complete) if complete else None,
+        # Over the messages; with fewer than 100 this is the slowest one.
+        "all_ms_p99": loadtest.percentile(complete, 0.99),
         "p50_ms_median": statistics.median(middles) if middles else None,
     }
     if before is not None:

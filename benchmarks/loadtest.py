@@ -20,6 +20,15 @@ them. It reports how many were opened and held, the failures by reason (HTTP
 status, close code, timeout), handshake and echo latency percentiles, and the
 server's memory per socket. The exit status is 1 when any socket failed.
 
+With `--handshakes` it measures the rate of handshakes instead: N sockets,
+`--concurrency` at a time, each opened (TCP, then the upgrade request with the
+token) and closed at once with 1000, the next one started as soon as the
+server has closed the connection. It reports handshakes per second, their
+latency (connect to 101), and the CPU the server and the proxy spent per
+handshake (from /proc, steadier than a rate on a shared machine). That client
+is raw sockets on asyncio with one prebuilt request, no WebSocket library, so
+that its own share of the cores stays small.
+
 Memory per socket: the resident memory (VmRSS in /proc/PID/status) of the
 server's processes, summed, once before the first socket opens and once at the
 end of the hold while every socket is open, divided by the sockets held. The
@@ -105,8 +114,9 @@ class Plan:
     warmup: int
     # Process groups whose memory and CPU are reported: "server", "proxy".
     watched: dict[str, "Watched"]
-    # The service's GET /metrics, read before the ramp and after the hold.
-    metrics_url: str | None = None
+    # The service's GET /metrics, read before the ramp and after the hold:
+    # one per instance when nginx spreads the sockets over several.
+    metrics_urls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -131,8 +141,8 @@ class Results:
     open_now: int = 0
     # The service's figures (service_metrics.read), before the ramp and at
     # the end of the hold; or why they could not be read.
-    metrics_before: dict | None = None
-    metrics_held: dict | None = None
+    metrics_before: dict[str, dict] = field(default_factory=dict)
+    metrics_held: dict[str, dict] = field(default_factory=dict)
     metrics_error: str | None = None
 
     def fail(self, reason: str) -> None:
@@ -274,7 +284,7 @@ def read_metrics_into(results: Results, url: str, moment: str) -> None:
     """Read the figures `before` the ramp or `held` at the end of the hold; a
     failed read is reported, and the client's own figures still are."""
     try:
-        setattr(results, f"metrics_{moment}", read_metrics(url))
+        getattr(results, f"metrics_{moment}")[url] = read_metrics(url)
     except (OSError, ValueError) as error:
         results.metrics_error = f"{url} ({moment}): {error}"
 
@@ -546,8 +556,8 @@ async def run(plan: Plan, progress: Progress) -> Results:
         await warm_up(plan)
     # Before the memory is sampled: what the read allocates in a worker is
     # then not counted per socket.
-    if plan.metrics_url:
-        read_metrics_into(results, plan.metrics_url, "before")
+    for url in plan.metrics_urls:
+        read_metrics_into(results, url, "before")
     results.before = sample_all(plan)
 
     # Ramp: start one socket every 1/rate s, at most `concurrency` in flight,
@@ -622,8 +632,9 @@ async def run(plan: Plan, progress: Progress) -> Results:
     ]
     results.hold_end = sample_all(plan)
     results.client_cpu_seconds = time.process_time() - client_cpu
-    if plan.metrics_url and results.metrics_before:
-        read_metrics_into(results, plan.metrics_url, "held")
+    if results.metrics_before:
+        for url in plan.metrics_urls:
+            read_metrics_into(results, url, "held")
 
     # One more echo each: a socket counts as held only if it still answers.
     async def check(index: int, ws: ClientConnection) -> bool:
@@ -642,6 +653,156 @@ async def run(plan: Plan, progress: Progress) -> Results:
     for task in holders:
         task.cancel()
     return results
+
+
+# --- handshakes per second ----------------------------------------------------
+
+# A client's close frame: FIN + close, masked, two bytes of payload (1000).
+CLOSE_MASK = b"\x11\x22\x33\x44"
+CLOSE_FRAME = (
+    b"\x88\x82"
+    + CLOSE_MASK
+    + bytes(b ^ CLOSE_MASK[i % 4] for i, b in enumerate((1000).to_bytes(2, "big")))
+)
+
+
+def upgrade_request(url: str, token: str | None) -> bytes:
+    """The one upgrade request every handshake sends (the key is not checked
+    by the server beyond its form, so one will do)."""
+    parts = urlsplit(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {parts.path or '/'} HTTP/1.1",
+        f"Host: {parts.netloc}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def one_handshake(plan: Plan, index: int, request: bytes) -> float:
+    """Connect, upgrade, close with 1000, wait for the server to close the
+    connection; the time from connect to the 101, in ms."""
+    parts = urlsplit(plan.url)
+    started = time.perf_counter()
+    local = None
+    if plan.source_addresses:
+        local = (plan.source_addresses[index % len(plan.source_addresses)], 0)
+    reader, writer = await asyncio.open_connection(
+        parts.hostname, parts.port or 80, local_addr=local
+    )
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1].decode()
+        if status != "101":
+            raise HandshakeRefused(int(status))
+        upgraded = (time.perf_counter() - started) * 1000
+        writer.write(CLOSE_FRAME)
+        # The server answers the close frame and closes the connection.
+        while await reader.read(4096):
+            pass
+        return upgraded
+    finally:
+        writer.close()
+        with suppress(OSError):
+            await writer.wait_closed()
+
+
+class HandshakeRefused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+async def handshake_rate(plan: Plan, progress: Progress) -> dict:
+    """N handshakes, `concurrency` at a time; rate, latency, CPU per handshake."""
+    request = upgrade_request(plan.url, plan.token)
+    latencies: list[float] = []
+    failures: Counter = Counter()
+    if plan.warmup:
+        await warm_up(plan)
+    before = sample_all(plan)
+    client_cpu = time.process_time()
+    started = time.monotonic()
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < plan.connections:
+            index, next_index = next_index, next_index + 1
+            try:
+                latencies.append(
+                    await asyncio.wait_for(
+                        one_handshake(plan, index, request), plan.timeout
+                    )
+                )
+            except HandshakeRefused as refused:
+                failures[f"HTTP {refused.status}"] += 1
+            except Exception as error:
+                failures[failure_reason(error, "handshake")] += 1
+            progress.show("open", len(latencies), plan.connections)
+
+    await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
+    seconds = max(time.monotonic() - started, 1e-9)
+    progress.show("open", len(latencies), plan.connections, force=True)
+    progress.done()
+    after = sample_all(plan)
+    report = {
+        "url": plan.url,
+        "mode": "handshakes",
+        "concurrency": plan.concurrency,
+        "asked": plan.connections,
+        "handshakes": len(latencies),
+        "failed": sum(failures.values()),
+        "failures": dict(failures.most_common()),
+        "seconds": round(seconds, 3),
+        "handshakes_per_second": round(len(latencies) / seconds, 1),
+        "handshake_ms": latency_summary(latencies),
+        "client_cpu_share": round((time.process_time() - client_cpu) / seconds, 3),
+    }
+    for name, first in before.items():
+        last = after[name]
+        # Processes that changed (a worker restarted) cannot be compared.
+        same = first.pids == last.pids
+        used = last.cpu_seconds - first.cpu_seconds
+        report[name] = {
+            "processes": last.processes,
+            "same_processes": same,
+            "cpu_share": round(used / seconds, 3) if same else None,
+            "cpu_ms_per_handshake": (
+                round(used * 1000 / len(latencies), 3) if same and latencies else None
+            ),
+        }
+    return report
+
+
+def print_handshake_report(report: dict) -> None:
+    lines = [
+        f"target      {report['url']} ({report['concurrency']} at a time)",
+        f"handshakes  {report['handshakes']} of {report['asked']} in "
+        f"{report['seconds']:.1f} s: {report['handshakes_per_second']:.0f}/s, "
+        f"{report['failed']} failed",
+        f"latency     ms: {milliseconds(report['handshake_ms'])}",
+    ]
+    if report["failures"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in report["failures"].items())
+        lines.append(f"failures    {reasons}")
+    for name in ("server", "proxy"):
+        group = report.get(name)
+        if group and group["cpu_ms_per_handshake"] is not None:
+            lines.append(
+                f"{name:<11} {group['cpu_ms_per_handshake']:.2f} ms of CPU per "
+                f"handshake, {group['cpu_share']:.0%} of a core"
+            )
+        elif group:
+            lines.append(f"{name:<11} not measured: its processes changed")
+    lines.append(f"client      {report['client_cpu_share']:.0%} of a core")
+    print("\n".join(lines))
 
 
 # --- the report ----------------------------------------------------------------
@@ -706,29 +867,51 @@ def summary(plan: Plan, results: Results) -> dict:
                 round((end.cpu_seconds - start.cpu_seconds) / hold, 3) if same else None
             ),
         }
-    if plan.metrics_url:
+    if plan.metrics_urls:
         report["service_metrics"] = service_figures(plan, results)
     return report
 
 
 def service_figures(plan: Plan, results: Results) -> dict:
     """What /metrics said: the capacity and sockets held at the end of the
-    hold, the handshakes of the run by outcome (warm-up excluded)."""
-    figures = {"url": plan.metrics_url}
-    if results.metrics_error or not results.metrics_held:
-        figures["error"] = results.metrics_error or "not read"
-        return figures
+    hold, the handshakes of the run by outcome (warm-up excluded). With
+    several instances, their sum, and each one's under "instances"."""
+    urls = plan.metrics_urls
+    missing = [url for url in urls if url not in results.metrics_held]
+    if results.metrics_error or missing:
+        error = results.metrics_error or "not read"
+        return {"url": urls[0] if len(urls) == 1 else urls, "error": error}
     import service_metrics
 
-    grown = service_metrics.change(results.metrics_before, results.metrics_held)
     route = urlsplit(plan.url).path
-    figures.update(
-        capacity=grown["capacity"],
-        route=route,
-        connections=grown["connections"].get(route, 0.0),
-        handshakes=grown["handshakes"],
-    )
-    return figures
+    each = []
+    for url in urls:
+        grown = service_metrics.change(
+            results.metrics_before[url], results.metrics_held[url]
+        )
+        each.append(
+            {
+                "url": url,
+                "capacity": grown["capacity"],
+                "route": route,
+                "connections": grown["connections"].get(route, 0.0),
+                "handshakes": grown["handshakes"],
+            }
+        )
+    if len(each) == 1:
+        return each[0]
+    outcomes = each[0]["handshakes"].keys()
+    return {
+        "url": urls,
+        "capacity": sum(one["capacity"] for one in each),
+        "route": route,
+        "connections": sum(one["connections"] for one in each),
+        "handshakes": {
+            outcome: sum(one["handshakes"].get(outcome, 0.0) for one in each)
+            for outcome in outcomes
+        },
+        "instances": each,
+    }
 
 
 def milliseconds(figures: dict) -> str:
@@ -892,7 +1075,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         )
     parser.add_argument(
         "--metrics-url",
-        help="the service's GET /metrics (gunicorn's own port): its figures too",
+        action="append",
+        default=[],
+        help="the service's GET /metrics (gunicorn's own port): its figures too; "
+        "once per instance behind the proxy",
+    )
+    parser.add_argument(
+        "--handshakes",
+        action="store_true",
+        help="measure handshakes per second: open and close each socket at once",
     )
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -920,8 +1111,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     # Before anything else: a wrong --server-match should cost no socket.
     watched = watched_groups(arguments)
-    if arguments.metrics_url:
-        check_metrics_url(arguments.metrics_url)
+    for url in arguments.metrics_url:
+        check_metrics_url(url)
     token = arguments.token
     if not token and arguments.user:
         password = arguments.password or os.environ.get("LOADTEST_PASSWORD")
@@ -947,11 +1138,15 @@ def main(argv: list[str] | None = None) -> int:
         stop_on_failure=arguments.stop_on_failure,
         warmup=arguments.warmup,
         watched=watched,
-        metrics_url=arguments.metrics_url,
+        metrics_urls=arguments.metrics_url,
     )
-    results = asyncio.run(run(plan, Progress(enabled=not arguments.quiet)))
-    report = summary(plan, results)
-    print_report(report)
+    progress = Progress(enabled=not arguments.quiet)
+    if arguments.handshakes:
+        report = asyncio.run(handshake_rate(plan, progress))
+        print_handshake_report(report)
+    else:
+        report = summary(plan, asyncio.run(run(plan, progress)))
+        print_report(report)
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n")
     return 1 if report["failed"] else 0

@@ -1,8 +1,9 @@
 """Benchmarks: the generated service against plain Flask-Sock, same machine, same run.
 
     python -m pip install -r benchmarks/requirements.txt
-    python benchmarks/run.py           # every figure, about 20 minutes
+    python benchmarks/run.py           # every figure, about an hour
     python benchmarks/run.py --quick   # the same steps with small numbers
+    python benchmarks/run.py --sections storm,cluster --set cluster_sockets=5000
 
 It bakes the template twice (worker_class gthread and gevent, broadcast redis),
 installs each bake into its own venv, starts a redis-server of its own on a
@@ -13,30 +14,51 @@ free port, and for each worker class measures, in one run:
 - the service straight from gunicorn ("app"), and through the generated nginx
   configuration run by the machine's nginx ("nginx").
 
-Figures: echo round trips per second and p50/p99 latency at 1, 100 and 1,000
-connections; the most sockets held with no error and the memory per socket,
-with permessage-deflate on and off; chat fan-out time to 1,000 subscribers on
-two workers. The clients are benchmarks/loadtest.py and benchmarks/fanout.py,
-run by each bake's venv python.
+Figures, by section (`--sections` picks some): echo round trips per second
+and p50/p99 latency at 1, 100 and 1,000 connections, and handshakes per
+second ("echo"); the most sockets held with no error ("capacity"); memory
+per idle socket, with permessage-deflate off and on ("memory"); chat fan-out
+time to 1,000 subscribers on two workers ("fanout"). For gevent only, the
+worker class their targets name: fan-out to 10,000 subscribers
+("fanout_large"), the reconnect storm of a deploy at 10,000 sockets
+(benchmarks/storm.py, run as a subprocess: "storm"), and 20,000 sockets on
+two gunicorn instances behind one nginx ("cluster"). The clients are
+benchmarks/loadtest.py and benchmarks/fanout.py, run by each bake's venv
+python.
+
+Noise: what is compared takes turns on the same machine, in `rounds` rounds
+(five in a full run), and every round's figure is kept, so that BENCHMARKS.md
+gives each as the median with its range and can tell when the range is wider
+than the difference claimed. Each section records the CPU that other work on
+the machine used while it ran (/proc/stat, less the run's own processes). A
+section that fails is recorded, the others still run, and the run exits 1.
 
 Most figures are measured from outside: by the client, from /proc, from the
 kernel's TCP table. The baseline has no /metrics, so every figure compared
 with it is measured that way on both. What the service counts itself is read
 from its GET /metrics as well, where that is simpler than measuring it
 (benchmarks/service_metrics.py): the sockets its workers admit together, the
-sockets they hold at the end of the hold, the handshakes by outcome (why a
-socket was refused), and the chat's own delivery time. BENCHMARKS.md says
-which figure came from where.
+sockets they hold at the end of the hold (each instance's, with two), the
+handshakes by outcome (why a socket was refused), and the chat's own delivery
+time. BENCHMARKS.md says which figure came from where.
 
 It writes results.json, then BENCHMARKS.md and latency.png from it
 (benchmarks/report.py, which also rewrites them from an earlier results.json
 without measuring), to benchmarks/ (--quick: to a temporary folder, unless
 --output-dir says otherwise). Only loopback addresses are used.
+
+File descriptors: the run raises its open-file limit to the hard limit for
+itself and the servers it starts; loadtest.py and fanout.py raise their own
+hard limit as root when N needs more, and nginx's workers get twice their
+worker_connections.
 """
 
 import argparse
+import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -81,37 +103,101 @@ NGINX_RLIMIT_NOFILE = 2 * NGINX_WORKER_CONNECTIONS
 @dataclass(frozen=True)
 class Scale:
     connection_counts: tuple[int, ...]
+    # The connection count the echo targets name (BENCHMARKS.md's Targets).
+    target_connections: int
     echo_seconds: float
-    echo_rounds: int
+    # Rounds in which the targets compared take turns: echo and handshakes.
+    rounds: int
+    # Handshakes per round and target, and how many at a time.
+    handshakes: int
+    handshake_concurrency: int
     most_sockets: dict[str, int]
     hold_seconds: float
+    # Idle sockets whose memory is measured, on a fresh server each round.
+    memory_sockets: dict[str, int]
+    # Rounds of it, permessage-deflate off (a target) and on (none).
+    memory_rounds: int
+    compressed_rounds: int
     subscribers: int
     fanout_messages: int
     # Sockets opened and closed before memory is first measured.
     warmup: int
+    # gevent only: chat fan-out to many subscribers, the reconnect storm of
+    # a deploy (benchmarks/storm.py), and sockets held by two instances
+    # behind one nginx; each with its own rounds.
+    large_subscribers: int
+    large_messages: int
+    large_rounds: int
+    storm_sockets: int
+    storm_rounds: int
+    storm_deadline: float
+    # The clients' backoff (base, cap) in seconds; None: storm.py's own,
+    # the generated client's.
+    storm_backoff: tuple[float, float] | None
+    cluster_sockets: int
+    cluster_rounds: int
 
 
 FULL = Scale(
     connection_counts=(1, 100, 1000),
+    target_connections=100,
     echo_seconds=10,
-    echo_rounds=3,
+    rounds=5,
+    handshakes=2000,
+    handshake_concurrency=50,
     # Beyond what each should hold: gthread admits 900 per worker; gevent 9,000.
     most_sockets={"gthread": 2500, "gevent": 12000},
     hold_seconds=10,
+    memory_sockets={"gthread": 800, "gevent": 3000},
+    memory_rounds=5,
+    compressed_rounds=1,
     subscribers=1000,
     fanout_messages=5,
     warmup=200,
+    large_subscribers=10000,
+    large_messages=20,
+    large_rounds=5,
+    storm_sockets=10000,
+    storm_rounds=5,
+    storm_deadline=60,
+    storm_backoff=None,
+    cluster_sockets=20000,
+    cluster_rounds=1,
 )
 QUICK = Scale(
-    connection_counts=(1, 10, 50),
+    connection_counts=(10,),
+    target_connections=10,
     echo_seconds=1,
-    echo_rounds=1,
+    rounds=1,
+    handshakes=40,
+    handshake_concurrency=10,
     most_sockets={"gthread": 60, "gevent": 100},
     hold_seconds=1,
+    memory_sockets={"gthread": 30, "gevent": 50},
+    memory_rounds=1,
+    compressed_rounds=0,
     subscribers=20,
     fanout_messages=2,
     warmup=10,
+    large_subscribers=60,
+    large_messages=3,
+    large_rounds=1,
+    storm_sockets=30,
+    storm_rounds=1,
+    storm_deadline=60,
+    # The new gunicorn answers within seconds: the clients need not wait
+    # longer than that to be back (as tests/test_storm.py runs it).
+    storm_backoff=(0.2, 2),
+    cluster_sockets=100,
+    cluster_rounds=1,
 )
+# The measurements, in the order a run takes them; `--sections` picks some.
+# The last three run for gevent only, the worker class they are targets of.
+SECTIONS = ("echo", "capacity", "memory", "fanout", "fanout_large", "storm", "cluster")
+GEVENT_ONLY = ("fanout_large", "storm", "cluster")
+# --quick leaves out "capacity": it takes the same steps as "memory" (idle
+# sockets on fresh servers, idle_sockets()), and the smoke test stays short.
+QUICK_SECTIONS = tuple(name for name in SECTIONS if name != "capacity")
 
 
 def say(message: str) -> None:
@@ -204,18 +290,54 @@ class Bake:
         return {**kept, **settings}
 
 
-def bake(worker_class: str, workdir: Path) -> Bake:
+def bake_all(classes: list[str], workdir: Path, reuse: bool = False) -> dict:
+    """{worker class: its Bake}, each with its venv under `workdir`; with
+    `reuse`, the ones an earlier run left there, when complete. cookiecutter
+    runs one bake at a time; the venvs install side by side."""
     from cookiecutter.main import cookiecutter
 
-    answers = {"worker_class": worker_class, "broadcast": "redis", "ci": "none"}
-    root = Path(
-        cookiecutter(
-            str(TEMPLATE),
-            no_input=True,
-            output_dir=str(workdir / worker_class),
-            extra_context=answers,
+    roots, installs = {}, []
+    for worker_class in classes:
+        made = (workdir / worker_class).glob("*/.venv/bin/gunicorn")
+        made = [gunicorn.parents[2] for gunicorn in made]
+        if reuse and made:
+            roots[worker_class] = made[0]
+            continue
+        say(f"baking and installing worker_class={worker_class}")
+        answers = {"worker_class": worker_class, "broadcast": "redis", "ci": "none"}
+        roots[worker_class] = Path(
+            cookiecutter(
+                str(TEMPLATE),
+                no_input=True,
+                output_dir=str(workdir / worker_class),
+                extra_context=answers,
+                overwrite_if_exists=reuse,
+            )
         )
-    )
+        installs.append(roots[worker_class])
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        list(pool.map(install_venv, installs))
+    return {
+        worker_class: found_bake(worker_class, roots[worker_class])
+        for worker_class in classes
+    }
+
+
+def found_bake(worker_class: str, root: Path) -> Bake:
+    (package,) = [path.parent.name for path in (root / "src").glob("*/__init__.py")]
+    baked = Bake(worker_class, root, package)
+    # The bake's own Settings (pydantic-settings) name its variables.
+    script = f"from {package}.config import Settings; print(*Settings.model_fields)"
+    baked.setting_names = tuple(run([baked.python, "-c", script]).stdout.split())
+    return baked
+
+
+def bake(worker_class: str, workdir: Path) -> Bake:
+    """One bake of `worker_class` with its venv under `workdir`."""
+    return bake_all([worker_class], workdir)[worker_class]
+
+
+def install_venv(root: Path) -> None:
     venv = root / ".venv"
     if shutil.which("uv"):
         run(["uv", "venv", "-q", "-p", sys.executable, str(venv)])
@@ -224,12 +346,6 @@ def bake(worker_class: str, workdir: Path) -> Bake:
         run([sys.executable, "-m", "venv", str(venv)])
         install = [str(venv / "bin/python"), "-m", "pip", "install", "-q"]
     run([*install, "-e", f"{root}[dev]"])
-    (package,) = [path.parent.name for path in (root / "src").glob("*/__init__.py")]
-    baked = Bake(worker_class, root, package)
-    # The bake's own Settings (pydantic-settings) name its variables.
-    script = f"from {package}.config import Settings; print(*Settings.model_fields)"
-    baked.setting_names = tuple(run([baked.python, "-c", script]).stdout.split())
-    return baked
 
 
 def run(command, **options) -> subprocess.CompletedProcess:
@@ -315,12 +431,18 @@ class Variant:
         )
         return service.wait_until_listening("/healthz")
 
-    def nginx(self, app: Service):
+    def nginx(self, *apps: Service, worker_connections: int | None = None):
+        """The generated nginx in front of `apps` (its upstream names each)."""
         prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=self.logs))
+        kind = self.nginx_class
+        if worker_connections:
+            kind = type(
+                "MoreNginx", (kind,), {"worker_connections": worker_connections}
+            )
         # nginx's own limit on /auth/ too, for the same reason.
-        return self.nginx_class(
+        return kind(
             prefix,
-            [f"127.0.0.1:{app.port}"],
+            [f"127.0.0.1:{app.port}" for app in apps],
             NGINX_AUTH_RATE="1000r/s",
             NGINX_AUTH_BURST="100000",
         ).start()
@@ -345,17 +467,19 @@ def nginx_class(bake: Bake):
     module = bake_nginx_module(bake.root, bake.worker_class)
 
     class RaisedNginx(module.Nginx):
+        worker_connections = NGINX_WORKER_CONNECTIONS
+
         def _main_config(self) -> str:
             text = super()._main_config()
             text = module.replace_once(
                 text,
                 r"worker_connections\s+\d+;",
-                f"worker_connections {NGINX_WORKER_CONNECTIONS};",
+                f"worker_connections {self.worker_connections};",
             )
             return module.replace_once(
                 text,
                 r"worker_rlimit_nofile\s+\d+;",
-                f"worker_rlimit_nofile {NGINX_RLIMIT_NOFILE};",
+                f"worker_rlimit_nofile {2 * self.worker_connections};",
             )
 
         @property
@@ -374,7 +498,8 @@ def metrics_url(app: Service) -> str:
 
 
 def loadtest(variant: Variant, url: str, *, authenticated: bool, **options) -> dict:
-    """Run benchmarks/loadtest.py with the bake's python; its JSON report."""
+    """Run benchmarks/loadtest.py with the bake's python; its JSON report.
+    Options are its flags; a list repeats the flag."""
     report_path = variant.logs / f"loadtest-{secrets.token_hex(4)}.json"
     command = [
         variant.bake.python,
@@ -388,6 +513,9 @@ def loadtest(variant: Variant, url: str, *, authenticated: bool, **options) -> d
         flag = "--" + name.replace("_", "-")
         if value is True:
             command.append(flag)
+        elif isinstance(value, list):
+            for each in value:
+                command += [flag, each]
         elif value not in (None, False):
             command += [flag, value]
     bound = options["connections"] / options.get("rate", 500) + options["hold"] + 300
@@ -403,14 +531,24 @@ def loadtest(variant: Variant, url: str, *, authenticated: bool, **options) -> d
     return json.loads(report_path.read_text())
 
 
-def measure_echo(variant: Variant, scale: Scale) -> list[dict]:
-    """Round trips per second and latency at each connection count.
+def median_round(reports: list[dict], key) -> dict:
+    """The report of the round whose `key` is the median (the lower middle)."""
+    ranked = sorted(reports, key=lambda report: key(report) or 0)
+    return ranked[(len(ranked) - 1) // 2]
 
-    The three targets run side by side and take turns, count by count, for
-    `echo_rounds` rounds; each figure is from the round with the median
-    throughput, so a burst of other work on the machine moves all of them
-    alike or shows as a spread rather than as a difference."""
-    rounds: dict[tuple[str, int], list[dict]] = {}
+
+def measure_echo(variant: Variant, scale: Scale) -> dict:
+    """Round trips per second and latency at each connection count, and
+    handshakes per second; the three targets on the same servers.
+
+    The targets take turns, count by count and then handshakes, for
+    `rounds` rounds: a burst of other work on the machine moves all of them
+    alike or shows as a range rather than as a difference. Each row keeps
+    every round's rate in the order of the rounds, so that each round's
+    ratio to the baseline's can be taken (report.py), and the report of the
+    round with the median rate."""
+    echo: dict[tuple[str, int], list[dict]] = {}
+    handshakes: dict[str, list[dict]] = {}
     with Stack() as stack:
         baseline = stack.start(variant.baseline())
         app = stack.start(variant.app())
@@ -420,11 +558,11 @@ def measure_echo(variant: Variant, scale: Scale) -> list[dict]:
             ("app", f"ws://127.0.0.1:{app.port}/ws/echo", app, None),
             ("nginx", f"ws://127.0.0.1:{nginx.port}/ws/echo", app, nginx),
         ]
-        for number in range(1, scale.echo_rounds + 1):
+        for number in range(1, scale.rounds + 1):
             for count in scale.connection_counts:
                 say(
                     f"{variant.worker_class}: echo, {count} connections, "
-                    f"round {number} of {scale.echo_rounds}"
+                    f"round {number} of {scale.rounds}"
                 )
                 for target, url, server, proxy in targets:
                     report = loadtest(
@@ -439,63 +577,179 @@ def measure_echo(variant: Variant, scale: Scale) -> list[dict]:
                         server_pid=server.pid,
                         proxy_pid=proxy.pid if proxy else None,
                     )
-                    rounds.setdefault((target, count), []).append(report)
-    rows = []
-    for (target, count), reports in rounds.items():
-        ranked = sorted(reports, key=lambda r: r.get("round_trips_per_second") or 0)
-        rates = [r.get("round_trips_per_second") or 0 for r in ranked]
-        rows.append(
-            {
-                "target": target,
-                "connections": count,
-                "report": ranked[len(ranked) // 2],
-                "rates": rates,
-            }
-        )
-    return rows
-
-
-def measure_capacity(variant: Variant, scale: Scale) -> list[dict]:
-    """The most idle sockets held with no error, and memory per socket, on a
-    freshly started server each time (memory freed by sockets stays in it)."""
-    rows = []
-    most = scale.most_sockets[variant.worker_class]
-    for compression in ("off", "on"):
-        for target in ("baseline", "nginx"):
-            say(f"{variant.worker_class}: sockets, {target}, deflate {compression}")
-            with Stack() as stack:
-                if target == "baseline":
-                    server = stack.start(variant.baseline())
-                    url, proxy = f"ws://127.0.0.1:{server.port}/echo", None
-                    scraped = None  # it has no /metrics
-                else:
-                    server = stack.start(variant.app(compression))
-                    proxy = stack.start(variant.nginx(server))
-                    url = f"ws://127.0.0.1:{proxy.port}/ws/echo"
-                    scraped = metrics_url(server)
+                    echo.setdefault((target, count), []).append(report)
+            say(
+                f"{variant.worker_class}: {scale.handshakes} handshakes, "
+                f"round {number} of {scale.rounds}"
+            )
+            for target, url, server, proxy in targets:
                 report = loadtest(
                     variant,
                     url,
                     authenticated=target != "baseline",
-                    connections=most,
-                    hold=scale.hold_seconds,
-                    compression=compression,
-                    rate=1000,
-                    stop_on_failure=True,
-                    warmup=scale.warmup,
+                    handshakes=True,
+                    connections=scale.handshakes,
+                    concurrency=scale.handshake_concurrency,
+                    hold=0,
                     server_pid=server.pid,
                     proxy_pid=proxy.pid if proxy else None,
-                    metrics_url=scraped,
                 )
+                handshakes.setdefault(target, []).append(report)
+    echo_rows = []
+    for (target, count), reports in echo.items():
+        rate = lambda r: r.get("round_trips_per_second")  # noqa: E731
+        echo_rows.append(
+            {
+                "target": target,
+                "connections": count,
+                "report": median_round(reports, rate),
+                # In the order of the rounds: report.py pairs them.
+                "rates": [rate(r) or 0 for r in reports],
+                "round_order": True,
+            }
+        )
+    handshake_rows = []
+    for target, reports in handshakes.items():
+        rate = lambda r: r.get("handshakes_per_second")  # noqa: E731
+        handshake_rows.append(
+            {
+                "target": target,
+                "report": median_round(reports, rate),
+                "rates": [rate(r) or 0 for r in reports],
+                "cpu_ms": [cpu_per_handshake(r) for r in reports],
+            }
+        )
+    return {"echo": echo_rows, "handshakes": handshake_rows}
+
+
+def cpu_per_handshake(report: dict) -> float | None:
+    """CPU ms per handshake of gunicorn and nginx together, when measured."""
+    groups = [report.get(name) for name in ("server", "proxy") if name in report]
+    values = [group.get("cpu_ms_per_handshake") for group in groups]
+    if not values or None in values:
+        return None
+    return round(sum(values), 3)
+
+
+def measure_capacity(variant: Variant, scale: Scale) -> list[dict]:
+    """The most idle sockets held with no error (permessage-deflate off), and
+    memory per socket, once, on a freshly started server each."""
+    rows = []
+    most = scale.most_sockets[variant.worker_class]
+    for target in ("baseline", "nginx"):
+        say(f"{variant.worker_class}: most sockets, {target}")
+        report = idle_sockets(variant, scale, target, "off", most)
+        rows.append(
+            {"target": target, "compression": "off", "tried": most, "report": report}
+        )
+    return rows
+
+
+def idle_sockets(
+    variant: Variant, scale: Scale, target: str, compression: str, count: int
+) -> dict:
+    """`count` idle sockets on a freshly started server (memory freed by
+    earlier sockets stays in it), until the first failure."""
+    with Stack() as stack:
+        if target == "baseline":
+            server = stack.start(variant.baseline())
+            url, proxy = f"ws://127.0.0.1:{server.port}/echo", None
+            scraped = None  # it has no /metrics
+        else:
+            server = stack.start(variant.app(compression))
+            proxy = stack.start(variant.nginx(server))
+            url = f"ws://127.0.0.1:{proxy.port}/ws/echo"
+            scraped = metrics_url(server)
+        return loadtest(
+            variant,
+            url,
+            authenticated=target != "baseline",
+            connections=count,
+            hold=scale.hold_seconds,
+            compression=compression,
+            rate=1000,
+            stop_on_failure=True,
+            warmup=scale.warmup,
+            server_pid=server.pid,
+            proxy_pid=proxy.pid if proxy else None,
+            metrics_url=scraped,
+        )
+
+
+def measure_memory(variant: Variant, scale: Scale) -> list[dict]:
+    """Memory per idle socket, the baseline and the service via nginx taking
+    turns on fresh servers, `memory_rounds` rounds with permessage-deflate
+    off and `compressed_rounds` with it on; every round's figure kept."""
+    count = scale.memory_sockets[variant.worker_class]
+    rows = []
+    for compression, rounds in (
+        ("off", scale.memory_rounds),
+        ("on", scale.compressed_rounds),
+    ):
+        if not rounds:
+            continue
+        reports: dict[str, list[dict]] = {"baseline": [], "nginx": []}
+        for number in range(1, rounds + 1):
+            say(
+                f"{variant.worker_class}: memory of {count} sockets, deflate "
+                f"{compression}, round {number} of {rounds}"
+            )
+            for target in reports:
+                reports[target].append(
+                    idle_sockets(variant, scale, target, compression, count)
+                )
+        for target, measured in reports.items():
+            per_socket = [socket_bytes(r, "server") for r in measured]
             rows.append(
                 {
                     "target": target,
                     "compression": compression,
-                    "tried": most,
-                    "report": report,
+                    "sockets": count,
+                    "report": median_round(
+                        measured, lambda r: socket_bytes(r, "server")
+                    ),
+                    # In the order of the rounds, bytes per socket.
+                    "per_socket_bytes": per_socket,
+                    "proxy_per_socket_bytes": [
+                        socket_bytes(r, "proxy") for r in measured
+                    ],
+                    "held": [r.get("held", 0) for r in measured],
                 }
             )
     return rows
+
+
+def socket_bytes(report: dict, group: str) -> int | None:
+    return report.get(group, {}).get("per_socket_bytes")
+
+
+def fanout(
+    variant: Variant, url: str, server: Service, token, subscribers, messages
+) -> dict:
+    """Run benchmarks/fanout.py with the bake's python; its JSON report."""
+    report_path = variant.logs / f"fanout-{secrets.token_hex(4)}.json"
+    command = [
+        variant.bake.python,
+        BENCHMARKS / "fanout.py",
+        url,
+        *("-n", subscribers, "--messages", messages),
+        *("--server-pid", server.pid, "--server-port", server.port),
+        *("--json", report_path),
+    ]
+    if token:
+        command += ["--token", token, "--metrics-url", metrics_url(server)]
+    result = subprocess.run(
+        [str(part) for part in command], capture_output=True, text=True, timeout=900
+    )
+    if not report_path.exists():
+        raise RuntimeError(f"fanout failed:\n{result.stdout}{result.stderr}")
+    return json.loads(report_path.read_text())
+
+
+def service_token(proxy) -> str:
+    return requests.post(
+        f"{proxy.url}/auth/token", auth=(USER, PASSWORD), timeout=10
+    ).json()["token"]
 
 
 def measure_fanout(variant: Variant, scale: Scale) -> list[dict]:
@@ -506,38 +760,175 @@ def measure_fanout(variant: Variant, scale: Scale) -> list[dict]:
             if target == "baseline":
                 server = stack.start(variant.baseline())
                 url, token = f"ws://127.0.0.1:{server.port}/chat", None
-                scraped = None  # it has no /metrics
             else:
                 server = stack.start(variant.app())
                 proxy = stack.start(variant.nginx(server))
-                url = f"ws://127.0.0.1:{proxy.port}/ws/chat"
-                scraped = metrics_url(server)
-                token = requests.post(
-                    f"{proxy.url}/auth/token", auth=(USER, PASSWORD), timeout=10
-                ).json()["token"]
-            report_path = variant.logs / f"fanout-{secrets.token_hex(4)}.json"
-            command = [
-                variant.bake.python,
-                BENCHMARKS / "fanout.py",
-                url,
-                *("-n", scale.subscribers, "--messages", scale.fanout_messages),
-                *("--server-pid", server.pid, "--server-port", server.port),
-                *("--json", report_path),
-            ]
-            if token:
-                command += ["--token", token]
-            if scraped:
-                command += ["--metrics-url", scraped]
-            result = subprocess.run(
-                [str(part) for part in command],
-                capture_output=True,
-                text=True,
-                timeout=600,
+                url, token = (
+                    f"ws://127.0.0.1:{proxy.port}/ws/chat",
+                    service_token(proxy),
+                )
+            report = fanout(
+                variant, url, server, token, scale.subscribers, scale.fanout_messages
             )
-            if not report_path.exists():
-                raise RuntimeError(f"fanout failed:\n{result.stdout}{result.stderr}")
-            report = json.loads(report_path.read_text())
         rows.append({"target": target, "report": report})
+    return rows
+
+
+def measure_fanout_large(variant: Variant, scale: Scale) -> list[dict]:
+    """The chat to `large_subscribers` sockets through nginx, two workers and
+    Redis, on fresh servers each round (how the sockets fall on the two
+    workers differs from one round to the next)."""
+    rows = []
+    for number in range(1, scale.large_rounds + 1):
+        say(
+            f"{variant.worker_class}: fan-out to {scale.large_subscribers} "
+            f"subscribers, round {number} of {scale.large_rounds}"
+        )
+        with Stack() as stack:
+            server = stack.start(variant.app())
+            proxy = stack.start(variant.nginx(server))
+            url = f"ws://127.0.0.1:{proxy.port}/ws/chat"
+            report = fanout(
+                variant,
+                url,
+                server,
+                service_token(proxy),
+                scale.large_subscribers,
+                scale.large_messages,
+            )
+        rows.append({"round": number, "report": report})
+    return rows
+
+
+# What run.py reads of storm.py's --json report, top-level fields only (its
+# internals change on their own): whether every client was back, how soon,
+# and what failed on the way.
+STORM_FIELDS = (
+    "sockets",
+    "opened",
+    "open_failures",
+    "all_back",
+    "all_back_seconds",
+    "back",
+    "failed",
+    "failed_by_reason",
+    "deadline_seconds",
+    "close_codes",
+    "all_1001",
+    "back_seconds",
+    "attempts",
+    "failed_attempts",
+    "failed_attempts_by_reason",
+    "peak_handshakes_per_second",
+    "client_cpu_share",
+    "load_before",
+    "load_after",
+)
+
+
+def measure_storm(variant: Variant, scale: Scale) -> list[dict]:
+    """benchmarks/storm.py on the bake, `storm_rounds` times: N sockets
+    through nginx, gunicorn restarted as a deploy does, every client back.
+    storm.py starts its own servers (as run.py does) and redis-server."""
+    rows = []
+    for number in range(1, scale.storm_rounds + 1):
+        say(
+            f"{variant.worker_class}: reconnect storm of {scale.storm_sockets} "
+            f"sockets, round {number} of {scale.storm_rounds}"
+        )
+        report_path = variant.logs / f"storm-{secrets.token_hex(4)}.json"
+        command = [
+            variant.bake.python,
+            BENCHMARKS / "storm.py",
+            variant.bake.root,
+            *("-n", scale.storm_sockets, "--deadline", scale.storm_deadline),
+            *("--json", report_path, "--quiet"),
+        ]
+        if scale.storm_backoff:
+            base, cap = scale.storm_backoff
+            command += ["--base", base, "--cap", cap]
+        status, output = run_group(
+            command, timeout=scale.storm_sockets / 100 + scale.storm_deadline + 300
+        )
+        if not report_path.exists():
+            # The round counts as failed; the next one may still measure.
+            say(f"storm.py wrote no report ({status}): {output[-500:]}")
+            rows.append(
+                {
+                    "round": number,
+                    "exit_status": status,
+                    "error": output[-3000:],
+                    "report": {},
+                }
+            )
+            continue
+        report = json.loads(report_path.read_text())
+        rows.append(
+            {
+                "round": number,
+                "exit_status": status,
+                "report": {k: report[k] for k in STORM_FIELDS if k in report},
+            }
+        )
+    return rows
+
+
+def run_group(command, timeout: float) -> tuple[int | str, str]:
+    """Run `command` in a process group of its own, from benchmarks/; its
+    exit status and output. Past `timeout` the whole group is killed, the
+    servers it started with it, and the status is "timed out"."""
+    process = subprocess.Popen(
+        [str(part) for part in command],
+        cwd=BENCHMARKS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return f"timed out after {timeout:.0f} s", output
+
+
+def measure_cluster(variant: Variant, scale: Scale) -> list[dict]:
+    """`cluster_sockets` idle sockets through one nginx whose upstream names
+    two gunicorns (each its own master and two workers, sharing the run's
+    redis-server), until the first failure; each instance's count from its
+    /metrics, memory from /proc."""
+    rows = []
+    count = scale.cluster_sockets
+    for number in range(1, scale.cluster_rounds + 1):
+        say(
+            f"{variant.worker_class}: {count} sockets on two instances, "
+            f"round {number} of {scale.cluster_rounds}"
+        )
+        with Stack() as stack:
+            first = stack.start(variant.app())
+            second = stack.start(variant.app())
+            # Two connections per socket, and workers may not share evenly.
+            proxy = stack.start(
+                variant.nginx(first, second, worker_connections=2 * count + 1024)
+            )
+            report = loadtest(
+                variant,
+                f"ws://127.0.0.1:{proxy.port}/ws/echo",
+                authenticated=True,
+                connections=count,
+                hold=scale.hold_seconds,
+                compression="off",
+                rate=1000,
+                stop_on_failure=True,
+                warmup=scale.warmup,
+                server_pid=[first.pid, second.pid],
+                proxy_pid=proxy.pid,
+                metrics_url=[metrics_url(first), metrics_url(second)],
+            )
+        rows.append({"round": number, "tried": count, "report": report})
     return rows
 
 
@@ -549,16 +940,38 @@ def load_average() -> float:
 
 
 def busy_cpu_seconds() -> tuple[float, float]:
-    """(CPU seconds the whole machine has been busy, of which this process and
-    the children it has waited for), to tell others' share of a run."""
+    """(CPU seconds the whole machine has been busy, of which the run's: this
+    process, the children it has waited for, and every process it started
+    that still runs, with the children those have waited for), to tell
+    others' share of a run or of one section of it."""
+    tick = os.sysconf("SC_CLK_TCK")
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     # user nice system idle iowait irq softirq steal: all but idle and iowait.
     ticks = [int(value) for value in fields[:8]]
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / tick
     own = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         own += usage.ru_utime + usage.ru_stime
+    # The run's live processes (the redis-server, a server still running).
+    parents, used = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended while we looked
+            continue
+        parents[int(entry.name)] = int(stat[1])
+        # utime stime cutime cstime
+        used[int(entry.name)] = sum(int(value) for value in stat[11:15]) / tick
+    ours = {os.getpid()}
+    for _ in range(8):
+        more = {pid for pid, parent in parents.items() if parent in ours} - ours
+        if not more:
+            break
+        ours |= more
+    own += sum(used[pid] for pid in ours - {os.getpid()})
     return busy, own
 
 
@@ -655,8 +1068,86 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--worker-classes", default=",".join(WORKER_CLASSES), help="gthread,gevent"
     )
+    parser.add_argument(
+        "--sections",
+        help=f"which measurements, of {','.join(SECTIONS)} "
+        f"({', '.join(GEVENT_ONLY)}: gevent only); default: all "
+        "(--quick: all but capacity)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one number of the scale, e.g. large_subscribers=3000 "
+        "(a dict such as memory_sockets takes JSON)",
+    )
+    parser.add_argument(
+        "--bakes",
+        type=Path,
+        help="bake into this folder and reuse the bakes an earlier run left there",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     return parser.parse_args()
+
+
+def chosen_scale(arguments: argparse.Namespace) -> Scale:
+    scale = QUICK if arguments.quick else FULL
+    changes = {}
+    for setting in arguments.set:
+        name, _, text = setting.partition("=")
+        if name not in Scale.__dataclass_fields__:
+            sys.exit(f"error: --set {setting}: no such number in the scale")
+        value = json.loads(text)
+        changes[name] = tuple(value) if isinstance(value, list) else value
+    return dataclasses.replace(scale, **changes)
+
+
+class Sections:
+    """Runs each measurement, records how long it took and the CPU that
+    other work on the machine used meanwhile, and keeps going past one that
+    fails (a full run is long): its error is recorded and the run exits 1."""
+
+    def __init__(self, results: dict):
+        self.results = results
+        results.setdefault("sections", [])
+        results.setdefault("errors", [])
+
+    def run(self, worker_class: str, name: str, measure) -> None:
+        say(f"{worker_class}: {name}")
+        load_before = load_average()
+        busy_before, own_before = busy_cpu_seconds()
+        started = time.monotonic()
+        try:
+            measured = measure()
+        except Exception as error:  # recorded, and the run goes on
+            say(f"{worker_class}: {name} failed: {error}")
+            self.results["errors"].append(
+                {"worker_class": worker_class, "section": name, "error": str(error)}
+            )
+            measured = None
+        seconds = time.monotonic() - started
+        busy_after, own_after = busy_cpu_seconds()
+        others = (busy_after - busy_before) - (own_after - own_before)
+        self.results["sections"].append(
+            {
+                "worker_class": worker_class,
+                "section": name,
+                "seconds": round(seconds, 1),
+                "others_cpu_share": round(
+                    max(0.0, others / (seconds * os.cpu_count())), 3
+                ),
+                "load_before": load_before,
+                "load_after": load_average(),
+            }
+        )
+        if measured is None:
+            return
+        variant = self.results["variants"].setdefault(worker_class, {})
+        if isinstance(measured, dict) and name == "echo":
+            variant.update(measured)  # "echo" and "handshakes"
+        else:
+            variant[name] = measured
 
 
 def main() -> int:
@@ -672,17 +1163,27 @@ def main() -> int:
             "error: redis-server and nginx are needed (Debian: redis-server nginx)"
         )
     raise_open_file_limit()
-    scale = QUICK if arguments.quick else FULL
+    scale = chosen_scale(arguments)
     classes = [c for c in arguments.worker_classes.split(",") if c]
+    default = QUICK_SECTIONS if arguments.quick else SECTIONS
+    sections = [name for name in (arguments.sections or "").split(",") if name]
+    sections = sections or list(default)
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"error: no such section: {', '.join(sorted(unknown))}")
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="benchmarks-"))
+    command = "python benchmarks/run.py" + (" --quick" if arguments.quick else "")
+    if arguments.sections:
+        command += f" --sections {arguments.sections}"
+    command += "".join(f" --set {setting}" for setting in arguments.set)
     results = {
-        "command": "python benchmarks/run.py" + (" --quick" if arguments.quick else ""),
+        "command": command,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": template_commit(),
         "quick": arguments.quick,
         "machine": machine(),
-        "scale": scale.__dict__,
+        "scale": dataclasses.asdict(scale),
         "servers": {
             "workers": WORKERS,
             "threads": THREADS,
@@ -697,11 +1198,20 @@ def main() -> int:
     }
     say(f"working in {workdir}; load average {results['load_before']:.2f}")
     busy_before, own_before = busy_cpu_seconds()
+    measures = {
+        "echo": measure_echo,
+        "capacity": measure_capacity,
+        "memory": measure_memory,
+        "fanout": measure_fanout,
+        "fanout_large": measure_fanout_large,
+        "storm": measure_storm,
+        "cluster": measure_cluster,
+    }
+    runner = Sections(results)
     try:
-        bakes = {}
-        for worker_class in classes:
-            say(f"baking and installing worker_class={worker_class}")
-            bakes[worker_class] = bake(worker_class, workdir)
+        bakes = bake_all(
+            classes, arguments.bakes or workdir, reuse=bool(arguments.bakes)
+        )
         results["versions"] = versions(
             bakes.get("gevent", bakes[classes[0]]), find_nginx()
         )
@@ -711,11 +1221,11 @@ def main() -> int:
                 variant = Variant(
                     bakes[worker_class], f"redis://127.0.0.1:{redis.port}/0", workdir
                 )
-                results["variants"][worker_class] = {
-                    "echo": measure_echo(variant, scale),
-                    "capacity": measure_capacity(variant, scale),
-                    "fanout": measure_fanout(variant, scale),
-                }
+                for name in sections:
+                    if name in GEVENT_ONLY and worker_class != "gevent":
+                        continue
+                    measure = functools.partial(measures[name], variant, scale)
+                    runner.run(worker_class, name, measure)
     finally:
         if arguments.keep:
             say(f"kept {workdir}")
@@ -729,7 +1239,9 @@ def main() -> int:
     results["minutes"] = (time.monotonic() - started) / 60
     (output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     say(f"wrote {write_report(results, output)}")
-    return 0
+    for error in results["errors"]:
+        say(f"error in {error['worker_class']} {error['section']}: {error['error']}")
+    return 1 if results["errors"] else 0
 
 
 if __name__ == "__main__":

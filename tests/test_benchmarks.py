@@ -460,3 +460,315 @@ def test_a_delivery_time_beyond_the_last_bucket_is_given_as_more_than_it():
     assert bound(beyond, 0.5) == "≤ 10 s"
     assert bound(beyond, 1.0) == "> 10 s"
     assert bound({"deliveries": 0, "buckets": {}}, 0.5) == "–"
+
+
+@pytest.mark.slow
+def test_loadtest_counts_handshakes_per_second_and_their_cpu(
+    bench_bake, start_server, tmp_path
+):
+    server = start_server()
+    status, report = run_loadtest(
+        bench_bake,
+        server,
+        *("--handshakes", "-n", "20", "--concurrency", "4", "--hold", "0"),
+        tmp_path=tmp_path,
+    )
+    assert status == 0, report
+    assert (report["handshakes"], report["failed"]) == (20, 0)
+    assert report["handshakes_per_second"] > 0
+    assert report["handshake_ms"]["count"] == 20
+    assert report["server"]["same_processes"] is True
+    assert report["server"]["cpu_ms_per_handshake"] > 0
+    # Each socket was closed at once: the service holds none afterwards.
+    figures = subprocess.run(
+        [bench_bake.bin("python"), str(SERVICE_METRICS), server.metrics_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    counted = json.loads(figures.stdout)
+    assert counted["handshakes"]["accepted"] == 20.0
+    assert counted["connections"].get("/ws/echo", 0.0) == 0.0
+
+
+@pytest.mark.slow
+def test_loadtest_counts_refused_handshakes_by_status(
+    bench_bake, start_server, tmp_path
+):
+    server = start_server()
+    report_path = tmp_path / "refused.json"
+    result = run(
+        [bench_bake.bin("python"), str(LOADTEST), f"{server.ws_url}/ws/echo"]
+        + ["--quiet", "--handshakes", "-n", "3", "--token", "not-a-token"]
+        + ["--json", str(report_path)],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout
+    report = json.loads(report_path.read_text())
+    assert report["failures"] == {"HTTP 401": 3}
+    assert report["handshakes"] == 0
+
+
+@pytest.mark.slow
+def test_loadtest_reads_each_instances_metrics_and_adds_them_up(
+    bench_bake, start_server, tmp_path
+):
+    """Two instances behind a proxy: the client names each /metrics."""
+    first, second = start_server(), start_server()
+    status, report = run_loadtest(
+        bench_bake,
+        first,
+        *("-n", "3", "--hold", "0"),
+        *("--metrics-url", first.metrics_url, "--metrics-url", second.metrics_url),
+        tmp_path=tmp_path,
+    )
+    assert status == 0, report
+    figures = report["service_metrics"]
+    each = figures["instances"]
+    assert [one["url"] for one in each] == [first.metrics_url, second.metrics_url]
+    assert [one["connections"] for one in each] == [3.0, 0.0]
+    assert [one["handshakes"]["accepted"] for one in each] == [3.0, 0.0]
+    assert figures["connections"] == 3.0
+    assert figures["handshakes"]["accepted"] == 3.0
+    assert figures["capacity"] == sum(one["capacity"] for one in each)
+
+
+# A run with every section, its figures made up: five rounds, as a full run
+# has them (results of a run's sections, in the shapes run.py writes).
+def rounds_results() -> dict:
+    results = copy.deepcopy(json.loads(RESULTS.read_text()))
+    results["scale"].update(
+        rounds=5,
+        target_connections=100,
+        handshakes=2000,
+        handshake_concurrency=50,
+        large_subscribers=10000,
+        large_messages=20,
+        storm_sockets=10000,
+        cluster_sockets=20000,
+    )
+    gevent = results["variants"]["gevent"]
+    for row in gevent["echo"]:
+        row["round_order"] = True
+        if row["connections"] == 100:
+            row["rates"] = {
+                "baseline": [100, 100, 100, 100, 100],
+                # ×0.85 to ×0.95: the median ×0.92 is above 0.9 by less.
+                "nginx": [92, 85, 95, 93, 90],
+                "app": [97, 96, 98, 99, 97],
+            }[row["target"]]
+    handshakes = {"baseline": [500, 510, 490, 505, 495], "nginx": [420] * 5}
+    gevent["handshakes"] = [
+        {
+            "target": target,
+            "rates": rates,
+            "cpu_ms": [2.0] * 5,
+            "report": {
+                "handshakes_per_second": rates[2],
+                "failed": 0,
+                "handshake_ms": {"p50": 5.0, "p99": 20.0},
+                "client_cpu_share": 0.3,
+            },
+        }
+        for target, rates in handshakes.items()
+    ]
+    gevent["memory"] = [
+        {
+            "target": target,
+            "compression": "off",
+            "sockets": 3000,
+            "report": {},
+            "per_socket_bytes": [kb * 1024 for kb in sizes],
+            "proxy_per_socket_bytes": [21 * 1024] * 5,
+            "held": [3000] * 5,
+        }
+        for target, sizes in (("baseline", [36] * 5), ("nginx", [38, 39, 39, 40, 41]))
+    ]
+    gevent["storm"] = [
+        {
+            "round": number,
+            "exit_status": 0,
+            "report": {
+                "sockets": 10000,
+                "opened": 10000,
+                "open_failures": {},
+                "all_back": True,
+                "all_back_seconds": seconds,
+                "back": 10000,
+                "failed": 0,
+                "failed_by_reason": {},
+                "deadline_seconds": 60,
+                "close_codes": {"1001": 10000},
+                "all_1001": True,
+                "back_seconds": {"p50": 3.0, "p99": 9.0},
+                "failed_attempts": 12,
+                "failed_attempts_by_reason": {"HTTP 502": 12},
+                "peak_handshakes_per_second": 800,
+                "client_cpu_share": 0.5,
+            },
+        }
+        for number, seconds in enumerate([12.0, 13.5, 11.0, 14.0, 12.5], 1)
+    ]
+    gevent["fanout_large"] = [
+        {
+            "round": number,
+            "report": {
+                "asked": 10000,
+                "subscribers": 10000,
+                "reached_min": 10000,
+                "per_worker": [5000, 5001],
+                "all_ms_median": median,
+                "all_ms_p99": slowest,
+                "p50_ms_median": median / 2,
+                "client_cpu_seconds": 3.0,
+            },
+        }
+        for number, (median, slowest) in enumerate(
+            [(420, 900), (480, 1100), (450, 950), (430, 980), (470, 990)], 1
+        )
+    ]
+    gevent["cluster"] = [
+        {
+            "round": 1,
+            "tried": 20000,
+            "report": {
+                "opened": 20000,
+                "held": 20000,
+                "failed": 0,
+                "failures": {},
+                "open_at_first_failure": None,
+                "ramp_seconds": 50.0,
+                "server": {"per_socket_bytes": 40 * 1024},
+                "proxy": {"per_socket_bytes": 21 * 1024},
+                "service_metrics": {
+                    "capacity": 36000.0,
+                    "connections": 20000.0,
+                    "handshakes": {"accepted": 20000.0},
+                    "instances": [{"connections": 10001.0}, {"connections": 9999.0}],
+                },
+            },
+        }
+    ]
+    results["sections"] = [
+        {
+            "worker_class": "gevent",
+            "section": "storm",
+            "seconds": 300.0,
+            "others_cpu_share": 0.12,
+            "load_before": 0.5,
+            "load_after": 1.5,
+        }
+    ]
+    return results
+
+
+def test_the_targets_give_the_median_the_range_and_whether_it_is_stable(tmp_path):
+    lines = page(rounds_results(), tmp_path)
+    table = lines.index(
+        "| target | measured: median (range over the rounds) | rounds | met | stable |"
+    )
+    rows = lines[table + 2 : table + 13]
+    assert rows == [
+        "| gevent: handshakes per second through nginx >= ×0.8 of the baseline's "
+        "(direct) | ×0.84 (0.82–0.86): 420 vs 500 (490–510) a second | 5 | yes "
+        "| stable |",
+        "| gevent: 10,000 sockets closed with 1001 by a deploy all back and "
+        "echoing within 20 s, no failure | 12.5 s (11.0–14.0); every client "
+        "back, none failed and every close 1001 in 5 of 5 rounds | 5 | yes "
+        "| stable |",
+        # An older run's figures (one round each) for gthread.
+        "| gthread: echo through nginx, 100 connections, >= ×0.9 of the "
+        "baseline's round trips | ×0.77: 7,861 vs 10,168 round trips/s | 1 | no "
+        "| one round |",
+        "| gthread: echo straight, 100 connections, >= ×0.95 of the baseline's "
+        "round trips | ×0.81: 8,275 vs 10,168 round trips/s | 1 | no "
+        "| one round |",
+        # ×0.85–0.95 is wider than 0.92's distance from 0.9.
+        "| gevent: echo through nginx, 100 connections, >= ×0.9 of the "
+        "baseline's round trips | ×0.92 (0.85–0.95): 92 (85–95) vs 100 round "
+        "trips/s | 5 | yes | unstable |",
+        "| gevent: echo straight, 100 connections, >= ×0.95 of the baseline's "
+        "round trips | ×0.97 (0.96–0.99): 97 (96–99) vs 100 round trips/s | 5 "
+        "| yes | unstable |",
+        "| gevent: memory per idle socket, permessage-deflate off, <= 40 KB "
+        "| 39.0 KB (38.0–41.0) | 5 | yes | unstable |",
+        "| gthread: memory per idle socket, permessage-deflate off, <= 60 KB "
+        "| 70.6 KB | 1 | no | one round |",
+        "| gevent: chat fan-out to 10,000 subscribers, two workers, Redis: "
+        "median time to reach all < 500 ms | 450 ms (420–480); every "
+        "subscriber reached in 5 of 5 rounds | 5 | yes | unstable |",
+        "| gevent: chat fan-out to 10,000 subscribers, two workers, Redis: p99 "
+        "time to reach all < 1,000 ms | 980 ms (900–1,100); every subscriber "
+        "reached in 5 of 5 rounds | 5 | yes | unstable |",
+        "| gevent: 20,000 sockets held across two instances (two gunicorns) "
+        "behind one nginx | 20,000 held with no error (of 20,000 tried); first "
+        "failure: none | 1 | yes | one round |",
+    ]
+    assert "| gevent | reconnect storm | 5.0 | 12% | 0.5, 1.5 |" in lines
+    assert (
+        "| 1 | 20,000 | 20,000 | none | 10,001 + 9,999 | 400 | 40.0 KB | 21.0 KB |"
+    ) in lines
+
+
+def test_a_storm_round_that_did_not_bring_everyone_back_fails_the_target(
+    tmp_path,
+):
+    results = rounds_results()
+    last = results["variants"]["gevent"]["storm"][-1]["report"]
+    last.update(all_back=False, all_back_seconds=None, back=9990, failed=10)
+    last["failed_by_reason"] = {"last attempt: HTTP 503": 10}
+    lines = page(results, tmp_path)
+    (row,) = [line for line in lines if line.startswith("| gevent: 10,000 sockets")]
+    assert row.endswith(
+        "| 13.5 s (11.0–never); every client back, none failed and every close "
+        "1001 in 4 of 5 rounds | 5 | no | unstable |"
+    )
+    assert (
+        "| 5 | 10,000 | not within 60 s | 3.0 s / 9.0 s | 1001: 10,000 "
+        "| last attempt: HTTP 503: 10 | 12 (HTTP 502: 12) | 800 | 50% |"
+    ) in lines
+
+
+def test_a_figure_is_unstable_when_its_range_is_wider_than_its_gap():
+    unstable = load_report().unstable
+    assert unstable([0.85, 0.92, 0.95], 0.9) is True
+    assert unstable([0.95, 0.97, 0.99], 0.9) is False
+    # One round has no range to judge by.
+    assert unstable([0.5], 0.9) is False
+    assert unstable([None, 0.95, 0.96], 0.9) is False
+
+
+def test_the_page_says_it_is_generated_and_keeps_the_notes_written_by_hand(
+    tmp_path,
+):
+    lines = page(json.loads(RESULTS.read_text()), tmp_path)
+    assert lines[2] == (
+        "<!-- Written by benchmarks/report.py from results.json: edit report.py, "
+        "or NOTES.md for notes by hand, not this page. -->"
+    )
+    notes = (TEMPLATE_DIR / "benchmarks" / "NOTES.md").read_text().splitlines()
+    start = lines.index(notes[0])
+    assert lines[start : start + len(notes)] == notes
+
+
+def test_a_storm_round_without_a_report_counts_as_failed(tmp_path):
+    results = rounds_results()
+    storm = results["variants"]["gevent"]["storm"]
+    storm[-1] = {
+        "round": 5,
+        "exit_status": "timed out after 460 s",
+        "error": "...",
+        "report": {},
+    }
+    lines = page(results, tmp_path)
+    (row,) = [line for line in lines if line.startswith("| gevent: 10,000 sockets")]
+    assert row.endswith(
+        "| 13.5 s (11.0–never); every client back, none failed and every close "
+        "1001 in 4 of 5 rounds | 5 | no | unstable |"
+    )
+    assert (
+        "| 5 | – | storm.py wrote no report (timed out after 460 s) "
+        "| – | – | – | – | – | – |"
+    ) in lines

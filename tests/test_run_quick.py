@@ -1,6 +1,7 @@
 """benchmarks/run.py --quick: every step of the benchmarks, with small numbers,
 end to end (two bakes, the baseline, the service straight and through nginx,
-a redis-server of its own), then the page and the chart from its results."""
+two instances behind one nginx, the reconnect storm, a redis-server of its
+own), then the page and the chart from its results."""
 
 import importlib.util
 import json
@@ -44,12 +45,44 @@ def test_run_quick_measures_every_step_and_writes_the_page(tmp_path):
         echo = variant["echo"]
         assert {row["target"] for row in echo} == TARGETS, worker_class
         assert all(rate > 0 for row in echo for rate in row["rates"]), worker_class
-        for row in variant["capacity"]:
-            assert row["report"]["opened"] > 0, (worker_class, row["target"])
+        # --quick measures idle sockets in "memory" only ("capacity" takes
+        # the same steps).
+        assert "capacity" not in variant, worker_class
         for row in variant["fanout"]:
             report = row["report"]
             assert report["joined"] == report["subscribers"], worker_class
+        handshakes = variant["handshakes"]
+        assert {row["target"] for row in handshakes} == TARGETS, worker_class
+        for row in handshakes:
+            assert row["report"]["failed"] == 0, (worker_class, row["target"])
+            assert all(rate > 0 for rate in row["rates"]), worker_class
+        for row in variant["memory"]:
+            assert row["report"]["opened"] > 0, (worker_class, row["target"])
+            assert None not in row["per_socket_bytes"], (worker_class, row)
+    # Sections only gevent is measured in.
+    assert "storm" not in results["variants"]["gthread"]
+    gevent = results["variants"]["gevent"]
+    (large,) = gevent["fanout_large"]
+    assert large["report"]["reached_min"] == results["scale"]["large_subscribers"]
+    (storm,) = gevent["storm"]
+    assert storm["report"]["all_back"] is True, storm
+    (cluster,) = gevent["cluster"]
+    assert cluster["report"]["held"] == results["scale"]["cluster_sockets"]
+    # Both instances behind nginx took sockets.
+    instances = cluster["report"]["service_metrics"]["instances"]
+    assert all(one["connections"] > 0 for one in instances), instances
+    assert results["errors"] == []
+    assert {row["section"] for row in results["sections"]} == {
+        "echo",
+        "memory",
+        "fanout",
+        "fanout_large",
+        "storm",
+        "cluster",
+    }
     page = (tmp_path / "BENCHMARKS.md").read_text()
     assert page.startswith("# ")
     assert "python benchmarks/run.py --quick" in page
+    assert "| gevent: 20,000 sockets held" not in page  # the quick run's 100
+    assert "| gevent: 100 sockets held across two instances" in page
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
