@@ -118,3 +118,38 @@ def test_discarding_the_queue_keeps_the_frame_being_written_whole():
         assert body[offset : offset + FRAME_SIZE] == frame(0, number)
     assert outbox.closed.wait(10)
     client.close()
+
+
+def read_until_end(client: socket.socket) -> bytes:
+    received = b""
+    client.settimeout(10)
+    while chunk := client.recv(65536):
+        received += chunk
+    return received
+
+
+def test_end_sending_ends_the_stream_after_what_was_sent():
+    server, client = connected_pair()
+    outbox = Outbox(server)
+    outbox.send(b"goodbye")
+    outbox.end_sending()
+    # The frame, then the end of the stream, while the server still reads.
+    assert read_until_end(client) == b"goodbye"
+    client.sendall(b"answer")
+    assert server.recv(16) == b"answer"
+    server.close()
+    client.close()
+
+
+def test_end_sending_leaves_a_queue_that_waits_to_the_writer():
+    server, client = connected_pair()
+    outbox = Outbox(server)
+    sent = fill(outbox)
+    outbox.end_sending()
+    # Nothing is cut: once the client reads, every frame arrives, then the
+    # writer closes the socket when simple-websocket is done with it.
+    outbox.close()
+    received = read_until_end(client)
+    assert received == b"".join(frame(0, n) for n in range(sent))
+    assert outbox.closed.wait(10)
+    client.close()

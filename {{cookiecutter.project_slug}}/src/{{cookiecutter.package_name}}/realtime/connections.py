@@ -5,7 +5,6 @@ revoked, and a clean close when the worker stops."""
 import _thread
 import math
 import select
-import socket
 import threading
 import time
 from contextlib import suppress
@@ -253,27 +252,12 @@ class Connection:
         self._ws.event.set()
 
     def going_away(self, reason: str) -> None:
-        """Close with 1001, and end the connection once the frame is out.
-
-        Its sending side only (a FIN after the frame): the client, or a proxy
-        in front, gets the frame and then the end of the stream at once, and
-        closes too; what the client sends meanwhile (its answer to the close)
-        can still be read. A frame that had to wait for room (a client behind
-        with its reading) is left to the writer, and the connection to the
-        usual closing handshake."""
+        """Close with 1001, and end the connection's sending side once the
+        frame is out (`Outbox.end_sending`): the client, or a proxy in front,
+        gets the frame and then the end of the stream at once, and closes too,
+        without waiting for this stopping worker to read its answer."""
         self.close(GOING_AWAY, reason)
-        if self._outbox.backlog:
-            return
-        # A duplicate of the descriptor, for shutdown(), which acts on the
-        # connection itself; the socket's own object stays with its owner.
-        try:
-            duplicate = socket.fromfd(
-                self._outbox.fileno(), socket.AF_INET, socket.SOCK_STREAM
-            )
-        except OSError:  # closed meanwhile
-            return
-        with duplicate, suppress(OSError):
-            duplicate.shutdown(socket.SHUT_WR)
+        self._outbox.end_sending()
 
     def finish(self) -> int:
         """The handler is done: close the socket if it is open, give the client

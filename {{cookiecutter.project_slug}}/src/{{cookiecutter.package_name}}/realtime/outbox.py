@@ -125,6 +125,17 @@ class Outbox:
             self.backlog -= dropped
             return dropped
 
+    def end_sending(self) -> None:
+        """Nothing more is to be written: end the sending side (a FIN after
+        what the kernel holds). What the client sends can still be read. A
+        frame still waiting for room (a client behind with its reading) is
+        left to the writer, and the connection to the usual closing handshake."""
+        with self._lock:
+            if self._writing or self._aborted:
+                return
+        with suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
     def abort(self) -> None:
         """Give up on the client: drop what is queued and cut the connection.
 
