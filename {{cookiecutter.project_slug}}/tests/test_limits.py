@@ -29,7 +29,8 @@ SOCKETS_PER_USER = 3
 @pytest.fixture(scope="module")
 def limited_server(start_server):
     return start_server(
-        WS_MAX_SOCKETS_PER_USER=str(SOCKETS_PER_USER), WS_MAX_MESSAGES_PER_SECOND="1"
+        WS_MAX_SOCKETS_PER_USER=str(SOCKETS_PER_USER),
+        WS_MAX_MESSAGES_PER_SECOND="1",
     )
 
 
@@ -122,9 +123,7 @@ def test_sockets_of_workers_that_died_stop_counting(start_server, alice):
 
 def one_more_until_the_limit(stack: ExitStack, servers: list, token: str):
     """A condition for wait_until: each call opens one more socket (kept in
-    `stack`) on the next of `servers`, true once the user holds the limit.
-    Sockets admitted stay open: one closed between tries would leave its
-    worker's lease unused for a moment, which another worker must wait out."""
+    `stack`) on the next of `servers`, true once the user holds the limit."""
     held = []
 
     def one_more() -> bool:
@@ -147,10 +146,15 @@ def leases_in(url: str) -> dict[str, dict[bytes, bytes]]:
         }
 
 
+def leased_places(url: str) -> int:
+    return sum(
+        int(places) for leases in leases_in(url).values() for places in leases.values()
+    )
+
+
 def test_a_closed_sockets_lease_goes_back_to_redis(start_server, start_redis, alice):
-    """A worker keeps the place of a closed socket for a moment only (about a
-    second: redis_user_sockets.py), then gives it back, so that any worker
-    may lease it."""
+    """The place of a closed socket goes back to Redis as its request ends,
+    so that any worker may lease it."""
     store = start_redis()
     server = start_server(REDIS_URL=store.url, WS_MAX_SOCKETS_PER_USER="2")
     token = bearer_token(server, alice)
@@ -160,6 +164,34 @@ def test_a_closed_sockets_lease_goes_back_to_redis(start_server, start_redis, al
         (places,) = leases_in(store.url).values()
         assert list(places.values()) == [b"1"]
     wait_until(lambda: leases_in(store.url) == {}, 10, "the lease given back")
+
+
+def test_a_place_closed_on_one_instance_is_free_on_the_other_at_once(
+    start_server, start_redis, alice
+):
+    """A user at the limit closes one socket and opens one on another
+    instance: admitted as soon as the closed socket's request has ended and
+    its place is back in Redis, on the first try."""
+    store = start_redis()
+    limit = {"REDIS_URL": store.url, "WS_MAX_SOCKETS_PER_USER": str(SOCKETS_PER_USER)}
+    first, second = start_server(**limit), start_server(**limit)
+    token = bearer_token(first, alice)
+    with ExitStack() as stack:
+        held = [
+            stack.enter_context(open_socket(first, "/ws/echo", token=token))
+            for _ in range(SOCKETS_PER_USER)
+        ]
+        held[0].close()
+        # The close frame reaches the client just before the server's
+        # request ends: wait for that end, seen in Redis, and no longer.
+        wait_until(
+            lambda: leased_places(store.url) == SOCKETS_PER_USER - 1,
+            10,
+            "the closed socket's request to end",
+        )
+        ws = stack.enter_context(open_socket(second, "/ws/echo", token=token))
+        ws.send("at once")
+        assert ws.recv(timeout=5) == "at once"
 
 
 def test_the_limit_holds_for_many_handshakes_at_once(start_server, start_redis, alice):
@@ -244,8 +276,6 @@ def test_a_socket_counted_after_the_app_gave_up_on_redis_is_not_kept(
     with open_socket(server, "/ws/echo", token=token) as ws:
         ws.send("first")  # the worker now renews its count in this Redis
         assert ws.recv(timeout=5) == "first"
-    # Its worker would otherwise admit the next socket into the place it
-    # still leases, without asking Redis.
     wait_until(lambda: leases_in(store.url) == {}, 10, "the lease given back")
 
     client = redis.Redis.from_url(store.url)

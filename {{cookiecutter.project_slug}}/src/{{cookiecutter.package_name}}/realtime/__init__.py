@@ -14,8 +14,7 @@ path of one handshake, in order, and where each step lives:
    version, as a `SocketUser`, for the cookie or the bearer token), the
    user's sockets (429; user_sockets.py
 {%- if cookiecutter.broadcast == "redis" %},
-   redis_user_sockets.py: a place leased from Redis, or one this worker
-   leased already and nobody uses
+   redis_user_sockets.py: a place leased from Redis
 {%- endif %})
    and the worker's room (503; `OpenConnections.reserve` in
    connections.py). Then the session turns read-only.
@@ -31,7 +30,7 @@ path of one handshake, in order, and where each step lives:
 {%- endif %}).
 8. `release_places` (guards.py), a `teardown_request`, gives the socket's
    places back once it is closed{% if cookiecutter.broadcast == "redis" %} (its
-   lease goes back to Redis a second later){% endif %}.
+   lease goes back to Redis at once){% endif %}.
 
 Here, `init_app` also chooses the hub and the count of users' sockets that
 this project uses.

@@ -337,6 +337,11 @@ class OpenConnections:
         with self._lock:
             self._reserved -= 1
 
+    @property
+    def stopping(self) -> bool:
+        """True once `close_all` has run: the worker is on its way out."""
+        return self._stopping
+
     def add(self, connection: Connection) -> None:
         with self._lock:
             self._open.add(connection)

@@ -130,7 +130,7 @@ def release_places(_error: BaseException | None) -> None:
         open_connections().release()
     user_id = g.pop("websocket_user", None)
     if user_id is not None:
-        user_sockets().release(user_id)
+        user_sockets().release(user_id, worker_stopping=open_connections().stopping)
 
 
 def refusal(message: str, status: int):

@@ -34,11 +34,16 @@ class UserSockets:
             self._held[user_id] += 1
             return True
 
-    def release(self, user_id: int) -> None:
+    def release(self, user_id: int, worker_stopping: bool = False) -> None:
+        """The user's socket is closed; `worker_stopping` once this worker
+        has closed every socket on its way out."""
         with self._lock:
-            self._held[user_id] -= 1
-            if self._held[user_id] <= 0:
-                del self._held[user_id]
+            self._count_down(user_id)
+
+    def _count_down(self, user_id: int) -> None:
+        self._held[user_id] -= 1
+        if self._held[user_id] <= 0:
+            del self._held[user_id]
 
     def held(self) -> dict[int, int]:
         """{user id: sockets} in this worker."""
