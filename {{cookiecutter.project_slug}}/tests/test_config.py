@@ -107,6 +107,28 @@ def test_flask_command_refuses_too(tmp_path):
     assert result.stderr == f"error: SECRET_KEY is not set; {HINT}\n"
 
 
+def test_alembic_is_imported_by_the_db_commands_only(settings):
+    """Every gunicorn start builds the app. Alembic, through Flask-Migrate, is
+    a tenth of its import, and only `flask db ...` needs it."""
+    check = (
+        "import sys; from {{ cookiecutter.package_name }} import create_app; create_app(); "
+        "print([name for name in ('alembic', 'flask_migrate') if name in sys.modules])"
+    )
+    built = subprocess.run(
+        [str(BIN / "python"), "-c", check],
+        cwd=PROJECT_ROOT,
+        env=clean_environ(**settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (built.returncode, built.stdout) == (0, "[]\n"), built.stderr
+    listed = run_flask(settings, "db", "--help")
+    assert listed.returncode == 0, listed.stderr
+    commands = set(re.findall(r"^  ([a-z-]+)", listed.stdout, re.MULTILINE))
+    assert {"upgrade", "downgrade", "migrate", "current", "history"} <= commands
+
+
 def test_wrong_settings_stop_gunicorn_with_one_clear_line(tmp_path):
     # Every setting's own line is checked in process below; the server says
     # them all in one line on stderr, and exits 1.

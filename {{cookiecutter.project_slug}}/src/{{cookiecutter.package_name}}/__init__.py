@@ -8,7 +8,7 @@ from flask import Flask
 from . import logs
 from .config import Settings
 from .errors import register_error_handlers
-from .extensions import csrf, db, limiter, login_manager, migrate, sock
+from .extensions import csrf, db, limiter, login_manager, migration_commands, sock
 from .proxy import trust_forwarded_headers
 from .security import register_security_headers
 
@@ -39,7 +39,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
 
 def register_extensions(app: Flask) -> None:
     db.init_app(app)
-    migrate.init_app(app, db)
+    app.cli.add_command(migration_commands)
     csrf.init_app(app)
     login_manager.init_app(app)
     limiter.init_app(app)
