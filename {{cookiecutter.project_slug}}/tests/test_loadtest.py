@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 from .conftest import (
     PASSWORD,
@@ -20,8 +21,19 @@ from .conftest import (
 
 LOADTEST = PROJECT_ROOT / "scripts" / "loadtest.py"
 CAPACITY = PROJECT_ROOT / "docs" / "capacity.md"
+# The gauge of /metrics that counts the echo sockets open.
+OPEN_ECHO_SOCKETS = re.compile(
+    r'^websocket_connections\{route="/ws/echo"\} (\S+)$', re.MULTILINE
+)
 # Where docs/capacity.md expects the server; the test's is on a free port.
 DOCS_ADDRESS = "127.0.0.1:8000"
+
+
+def open_echo_sockets(server) -> float:
+    found = OPEN_ECHO_SOCKETS.search(
+        requests.get(f"{server.url}/metrics", timeout=10).text
+    )
+    return 0 if found is None else float(found[1])
 
 
 def loadtest(arguments: list[str], **popen) -> subprocess.Popen:
@@ -130,9 +142,9 @@ def test_sockets_the_server_closes_during_the_hold_count_by_close_code(
     url = f"{doomed.ws_url}/ws/echo"
     tool = loadtest([url, "--user", email, "-n", "3", "--hold", "10"])
     try:
-        # The server logs each socket it admits, as it answers 101.
-        opened = f"/ws/echo opened by {email}"
-        wait_until(lambda: doomed.log().count(opened) == 3, 8, "3 sockets open")
+        # Counted once the handshake is over and the socket is registered for
+        # the shutdown's close (the log's "opened" line comes before the 101).
+        wait_until(lambda: open_echo_sockets(doomed) == 3, 15, "3 sockets open")
         doomed.process.send_signal(signal.SIGTERM)  # a deploy: 1001 to each
         status, lines, _ = finish(tool)
     finally:
