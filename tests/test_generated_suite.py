@@ -3,20 +3,30 @@
 This is what a user does right after generating: ``pip install -e ".[dev]"``
 then ``pytest``. All venvs share uv's one wheel cache (uv's default), so only
 the first install downloads anything.
+
+The four suites run two at a time, in the background from the first of their
+tests on: a suite keeps less than one core busy on average (it waits for
+servers, sockets and timers), so two share a two-core machine well, and the
+whole takes about the time of two and a half. Each bake has a project name
+of its own, so that two suites running side by side never share a package
+name (the metrics folder in the temporary directory is named after it).
 """
 
 import os
 import shutil
 import socket
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
-from conftest import require, run
+from conftest import bake_with, require, run
 
 VENV_PYTHON = "3.11"
 INSTALL_TIMEOUT = 600
-SUITE_TIMEOUT = 900
+# Two suites at once take longer each than one alone.
+SUITE_TIMEOUT = 1200
 OUTPUT_TAIL = 6000
+SUITES_AT_ONCE = 2
 
 # Each worker class meets each database and each broadcast once: four runs
 # instead of eight, and every implemented answer runs its suite.
@@ -96,28 +106,63 @@ def locked_venv(uv: str, project):
     return venv
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("answers", PAIRWISE_COMBINATIONS)
-def test_generated_suite_passes(bake, answers):
+def missing_for(answers) -> list[str]:
+    """What the suite of a bake with these answers needs and this machine lacks."""
+    missing = []
     for (question, answer), (name, host, port) in SERVICES.items():
-        if answers.get(question) == answer:
-            require(reachable(host, port), f"{name} is not reachable at {host}:{port}")
-    uv = shutil.which("uv")
-    require(uv is not None, "uv is not installed")
+        if answers.get(question) == answer and not reachable(host, port):
+            missing.append(f"{name} is not reachable at {host}:{port}")
+    if shutil.which("uv") is None:
+        missing.append("uv is not installed")
+    return missing
 
-    project = bake(**answers).project_path
-    venv = locked_venv(uv, project)
 
+def run_generated_suite(project) -> None:
+    """Install the bake at `project` and run its suite; fails with its output."""
+    venv = locked_venv(shutil.which("uv"), project)
     # The current environment (REQUIRE_ALL included), as if the venv were
     # activated, so the suite's own subprocesses find its gunicorn and python.
     env = dict(os.environ)
     env.pop("PYTHONHOME", None)
     env["VIRTUAL_ENV"] = str(venv)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-
     run_step(
         [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=project,
         timeout=SUITE_TIMEOUT,
         env=env,
     )
+
+
+@pytest.fixture(scope="module")
+def generated_suites(cookies_session, request):
+    """{variant id: the Future of its suite's run}, all started at once on a
+    pool of SUITES_AT_ONCE: those of the variants selected for this session
+    whose needs are there."""
+    selected = {
+        item.callspec.id
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_generated_suite_passes"
+    }
+    runs: dict[str, Future] = {}
+    with ThreadPoolExecutor(SUITES_AT_ONCE, thread_name_prefix="suite") as pool:
+        for param in PAIRWISE_COMBINATIONS:
+            (answers,) = param.values
+            if param.id not in selected or missing_for(answers):
+                continue
+            name = f"Realtime {param.id.replace('-', ' ')}"
+            project = bake_with(
+                cookies_session, {**answers, "project_name": name}
+            ).project_path
+            runs[param.id] = pool.submit(run_generated_suite, project)
+        yield runs
+        # Leaving the pool waits for every run, so that no suite's servers
+        # outlive this module.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answers", PAIRWISE_COMBINATIONS)
+def test_generated_suite_passes(generated_suites, answers, request):
+    for reason in missing_for(answers):
+        require(False, reason)
+    generated_suites[request.node.callspec.id].result()
