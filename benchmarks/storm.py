@@ -777,10 +777,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         default=1000,
         help="new sockets per second before the storm",
     )
+    # At most the 100 a worker takes on at once (HANDSHAKES_AT_ONCE), which
+    # refuses the next with 503.
     parser.add_argument(
         "--concurrency",
         type=loadtest.positive(int),
-        default=200,
+        default=100,
         help="handshakes in flight at once before the storm",
     )
     # A browser waits far longer than this for a handshake. A client that

@@ -8,7 +8,8 @@ path of one handshake, in order, and where each step lives:
 2. The session opens as one that can turn read-only
    (`WebSocketSessionInterface`, session.py).
 3. `before_websocket_handshake` (guards.py), a `before_request`, refuses a
-   route not declared with `websocket_route` (500), then
+   route not declared with `websocket_route` (500) and a handshake past the
+   HANDSHAKES_AT_ONCE this worker has under way (503; connections.py), then
    `admit_by_origin_login_and_room` (guards.py) checks the Origin (403), the
    login (401; ../auth/loaders.py reads the user's id, email and credential
    version, as a `SocketUser`, for the cookie or the bearer token), the

@@ -27,6 +27,15 @@ ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 SHUTTING_DOWN = "server shutting down"
+# Handshakes one worker takes on at once; the next is refused with 503 at once.
+# A handshake costs a few milliseconds of CPU, and a gevent worker shares its
+# CPU among all those under way: after a deploy, when thousands of clients
+# come back at the same moment, none of them would finish before the clients
+# time out, and each retry would start the work again. A hundred under way
+# finish within about half a second of one another; the refused come back
+# after their backoff. Under gthread, its threads (GUNICORN_THREADS, 100 by
+# default) bound the handshakes already.
+HANDSHAKES_AT_ONCE = 100
 CREDENTIALS_REVOKED = "credentials revoked"
 
 # Seconds a revocation is remembered for the sockets still in their handshake:
@@ -102,9 +111,9 @@ class ReaderThread:
     and `start`, which is all it uses.
 
     A `Thread` is kept for every socket with an Event, a Condition, its locks
-    and a place in `threading`'s tables: 2 to 3 KB (benchmarks/MEMORY.md).
-    `_thread` starts the same OS thread without them (a greenlet under
-    gevent, which patches `_thread`). Nothing waits for a reader: it ends
+    and a place in `threading`'s tables: 2 to 3 KB (measured in the template's
+    benchmarks). `_thread` starts the same OS thread without them (a greenlet
+    under gevent, which patches `_thread`). Nothing waits for a reader: it ends
     with its socket, as the daemon thread did. Nothing on the reader's path
     logs or asks `threading.current_thread()`, which would give it a
     `_DummyThread` that is never freed.
@@ -313,17 +322,35 @@ class SocketUser:
 
 
 class OpenConnections:
-    """Counts the sockets of this worker, closes those of a user whose
-    credentials are revoked, and closes them all on the way out."""
+    """Counts the sockets of this worker and its handshakes under way, closes
+    the sockets of a user whose credentials are revoked, and closes them all
+    on the way out."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self, capacity: int, handshakes_at_once: int = HANDSHAKES_AT_ONCE
+    ) -> None:
         self.capacity = capacity
+        self.handshakes_at_once = handshakes_at_once
         self._lock = threading.Lock()
+        self._handshaking = 0
         self._reserved = 0
         self._open: set[Connection] = set()
         self._stopping = False
         # user id -> (the version revoked up to, monotonic time of it)
         self._revoked: dict[int, tuple[int, float]] = {}
+
+    def begin_handshake(self) -> bool:
+        """Count a handshake under way; False when `handshakes_at_once` are."""
+        with self._lock:
+            if self._handshaking >= self.handshakes_at_once:
+                return False
+            self._handshaking += 1
+            return True
+
+    def end_handshake(self) -> None:
+        """The handshake is over: its socket is open, or it was refused."""
+        with self._lock:
+            self._handshaking -= 1
 
     def reserve(self) -> bool:
         """Take a slot before the handshake; False when none is left."""
@@ -461,6 +488,8 @@ def websocket_handler(handler):
         )
         registry = open_connections()
         registry.add(connection)
+        if g.pop("websocket_handshake", False):
+            registry.end_handshake()
         current_app.extensions["credential_check"].start()
         open_now = metrics.WEBSOCKET_CONNECTIONS.labels(route)
         open_now.inc()
@@ -471,7 +500,7 @@ def websocket_handler(handler):
             else:
                 # A plain call runs without a C-level call of its own (Python
                 # 3.11+), so the stack every idle socket keeps is 0.4 KB
-                # shorter under gevent (benchmarks/MEMORY.md).
+                # shorter under gevent (measured in the template's benchmarks).
                 handler(connection)
         except ConnectionClosed:
             pass

@@ -4,6 +4,9 @@ Flask-Sock sends the 101 before it calls the view, so a check inside the view
 (`login_required` included) can no longer answer in HTTP: the client would see
 a socket that opens and then closes. The gate is a `before_request` instead,
 and answers 401, 403, 429 or 503 while the connection still speaks HTTP.
+Before any of it, a worker takes on only so many handshakes at once
+(`HANDSHAKES_AT_ONCE`, connections.py): a storm of them gets quick 503s
+rather than every handshake slowing down together.
 
 The gate knows a route by the way it was declared: with `websocket_route`. A
 route declared with a plain `sock.route` would skip it (and the release of its
@@ -56,6 +59,11 @@ def before_websocket_handshake():
             request.path,
         )
         return jsonify(error="this WebSocket route is misconfigured"), 500
+    # First, before any work that a storm of handshakes would multiply.
+    if not open_connections().begin_handshake():
+        metrics.HANDSHAKES[metrics.OVER_CAPACITY].inc()
+        return refusal("too many WebSockets opening at once; retry later", 503)
+    g.websocket_handshake = True
     if not current_app.config["WS_COMPRESSION"]:
         # Without the client's offer, simple-websocket does not turn on
         # permessage-deflate, which inflates a message before its size is
@@ -126,6 +134,8 @@ def admit_by_origin_login_and_room():
 def release_places(_error: BaseException | None) -> None:
     """The app's `teardown_request`: the socket's request is over (closed, or
     refused after a count), so its places go back."""
+    if g.pop("websocket_handshake", False):  # ended before its socket opened
+        open_connections().end_handshake()
     if g.pop("websocket_slot", False):
         open_connections().release()
     user_id = g.pop("websocket_user", None)
