@@ -33,8 +33,8 @@ SHUTTING_DOWN = "server shutting down"
 # come back at the same moment, none of them would finish before the clients
 # time out, and each retry would start the work again. A hundred under way
 # finish within about half a second of one another; the refused come back
-# after their backoff. Under gthread, its threads (GUNICORN_THREADS, 100 by
-# default) bound the handshakes already.
+# after their backoff. (Under gthread each handshake also holds one of the
+# worker's threads, which bound them too.)
 HANDSHAKES_AT_ONCE = 100
 CREDENTIALS_REVOKED = "credentials revoked"
 
