@@ -1265,15 +1265,26 @@ def echo_notes(worker_class: str, rows: list[dict], cores: int) -> list[str]:
             if group in report
         )
 
+    same_count = [row for row in rows if row["connections"] == middle]
+
+    def share_of(target: str) -> float:
+        """As the table has it: the median of each round's ratio to the
+        baseline's in the same round, not two median rounds' rates."""
+        if same_count[0].get("round_order"):
+            paired = median(paired_ratios(same_count, target))
+            if paired is not None:
+                return paired
+        return at[target]["round_trips_per_second"] / base["round_trips_per_second"]
+
     direct = at.get("app")
     text = (
         f"- **{worker_class}, echo at {middle:,} connections.** The baseline made "
         f"{number(base['round_trips_per_second'])} round trips/s ({cpu(base)})"
     )
     if direct:
-        share = direct["round_trips_per_second"] / base["round_trips_per_second"]
+        share = share_of("app")
         text += f"; the service straight from gunicorn ×{share:.2f} ({cpu(direct)})"
-    share = proxied["round_trips_per_second"] / base["round_trips_per_second"]
+    share = share_of("nginx")
     text += (
         f"; through nginx ×{share:.2f} ({cpu(proxied)}), {busy(proxied):.0%} of "
         f"the {cores * 100}% the machine has. "

@@ -715,6 +715,15 @@ def test_the_targets_give_the_median_the_range_and_whether_it_is_stable(tmp_path
     ) in lines
 
 
+def test_the_note_on_echo_gives_the_ratios_the_targets_table_gives(tmp_path):
+    """The median of each round's ratio, not the ratio of two median rounds
+    taken from different rounds."""
+    lines = page(rounds_results(), tmp_path)
+    (note,) = [line for line in lines if line.startswith("- **gevent, echo at 100")]
+    assert "; the service straight from gunicorn ×0.97 (" in note
+    assert "; through nginx ×0.92 (" in note
+
+
 def test_a_storm_round_that_did_not_bring_everyone_back_fails_the_target(
     tmp_path,
 ):
