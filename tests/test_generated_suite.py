@@ -4,12 +4,13 @@ This is what a user does right after generating: ``pip install -e ".[dev]"``
 then ``pytest``. All venvs share uv's one wheel cache (uv's default), so only
 the first install downloads anything.
 
-The four suites run two at a time, in the background from the first of their
-tests on: a suite keeps less than one core busy on average (it waits for
-servers, sockets and timers), so two share a two-core machine well, and the
-whole takes about the time of two and a half. Each bake has a project name
-of its own, so that two suites running side by side never share a package
-name (the metrics folder in the temporary directory is named after it).
+The four suites run one after another, in the background from the first of
+their tests on (SUITES_AT_ONCE). Two at a time took about half as long, but a
+generated test (test_loadtest's SIGTERM test: one socket of three ended 1006
+instead of 1001) failed in two runs of three that way and in none one at a
+time; until that is understood, one at a time. Each bake has a project name
+of its own, so that suites side by side never share a package name (the
+metrics folder in the temporary directory is named after it).
 """
 
 import os
@@ -23,10 +24,9 @@ from conftest import bake_with, require, run
 
 VENV_PYTHON = "3.11"
 INSTALL_TIMEOUT = 600
-# Two suites at once take longer each than one alone.
 SUITE_TIMEOUT = 1200
 OUTPUT_TAIL = 6000
-SUITES_AT_ONCE = 2
+SUITES_AT_ONCE = 1
 
 # Each worker class meets each database and each broadcast once: four runs
 # instead of eight, and every implemented answer runs its suite.
