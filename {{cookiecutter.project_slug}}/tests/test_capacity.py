@@ -85,6 +85,9 @@ def test_a_worker_takes_on_so_many_handshakes_at_once_and_refuses_the_next(
             )
             with pytest.raises(InvalidStatus) as refused:
                 open_socket(server, "/ws/echo", token=token)
+            # The handshakes under way hold up no one's HTTP.
+            health = requests.get(f"{server.url}/healthz", timeout=10)
+            assert health.status_code == 200
             stall.unlink()
             sockets = [handshake.result(timeout=60) for handshake in waiting]
         response = refused.value.response

@@ -14,6 +14,7 @@ from logging import Logger
 from flask import current_app, g, request
 from flask_login import current_user
 from simple_websocket import ConnectionClosed
+from wsproto.utilities import LocalProtocolError
 
 from .. import metrics
 from ..logs import ENVIRON_KEYS
@@ -255,7 +256,10 @@ class Connection:
         return True
 
     def close(self, code: int, reason: str) -> None:
-        with self._lock, suppress(ConnectionClosed, OSError):
+        # LocalProtocolError: the client's own close was answered a moment
+        # ago, by the reader, which has not yet marked the socket closed.
+        # Raised here, it would end the shutdown's loop over every socket.
+        with self._lock, suppress(ConnectionClosed, OSError, LocalProtocolError):
             self._ws.close(reason=code, message=reason)
         # receive() waits for the client otherwise; the handler can end now.
         self._ws.event.set()
