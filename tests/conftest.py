@@ -115,7 +115,7 @@ def ruff(*arguments, cwd):
     return run([sys.executable, "-m", "ruff", *arguments, "--no-cache"], cwd=cwd)
 
 
-def bake_with(cookies, answers):
+def _bake_with(cookies, answers):
     result = cookies.bake(extra_context=answers, template=str(TEMPLATE_DIR))
     assert result.exit_code == 0, f"bake {answers} failed: {result.exception!r}"
     assert result.exception is None, f"bake {answers} failed: {result.exception!r}"
@@ -127,7 +127,7 @@ def bake(cookies):
     """A fresh bake for each call: ``bake(database="postgresql")``."""
 
     def bake_with_answers(**answers):
-        return bake_with(cookies, answers)
+        return _bake_with(cookies, answers)
 
     return bake_with_answers
 
@@ -144,7 +144,7 @@ def baked(cookies_session):
     def bake_once(**answers):
         key = tuple(sorted(answers.items()))
         if key not in cache:
-            cache[key] = bake_with(cookies_session, answers)
+            cache[key] = _bake_with(cookies_session, answers)
         return cache[key]
 
     return bake_once
