@@ -541,6 +541,9 @@ def profile(
             "workers/" in f for f in frames
         ):
             continue
+        if not count.isdigit():
+            print("UNPARSED", repr(line[:300]), repr(line[-300:]))
+            continue
         samples[category(frames, bench.package)] += int(count)
     return samples
 

@@ -368,3 +368,29 @@ def test_gunicorn_listens_on_loopback_unless_host_says_otherwise(
         assert f"Listening at: http://{listening}:{port} " in log.read_text()
     finally:
         stop_process(server, timeout=40)
+{%- if cookiecutter.worker_class == "gevent" %}
+
+
+def test_gevent_keeps_no_record_of_where_each_greenlet_was_spawned(settings):
+    """gevent records a greenlet's spawner and stack by default, about 1 KB
+    for each of an open socket's two greenlets; gunicorn.conf.py turns that
+    off in the master, and the workers it forks inherit it."""
+    spawned = "print(gevent.spawn(lambda: None).spawning_stack is None)"
+    script = "; ".join(
+        [
+            "import runpy, gevent",
+            spawned,
+            "runpy.run_path('gunicorn.conf.py')",
+            spawned,
+        ]
+    )
+    ran = subprocess.run(
+        [str(BIN / "python"), "-c", script],
+        cwd=PROJECT_ROOT,
+        env=clean_environ(**settings),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (ran.returncode, ran.stdout) == (0, "False\nTrue\n"), ran.stderr
+{%- endif %}
