@@ -480,6 +480,9 @@ WEAK = [
 
 
 def category(frames: list[str], package: str) -> str:
+    # With --subprocesses, py-spy's first frames name the processes, by their
+    # command line, which holds the bake's path: not code.
+    frames = [frame for frame in frames if not frame.startswith("process ")]
     found = None
     for frame in frames:
         for name, pattern in STRONG:
@@ -541,8 +544,7 @@ def profile(
             "workers/" in f for f in frames
         ):
             continue
-        if not count.isdigit():
-            print("UNPARSED", repr(line[:300]), repr(line[-300:]))
+        if not count.isdigit():  # a line cut short as py-spy was stopped
             continue
         samples[category(frames, bench.package)] += int(count)
     return samples
