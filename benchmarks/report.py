@@ -1216,17 +1216,23 @@ def notes(results: dict) -> list[str]:
     cores = results["machine"]["cores"]
     lines = []
     others = results.get("others_cpu_share")
-    if results["load_before"] > 0.5 or (others or 0) > 0.05:
+    load = f"The load average was {results['load_before']:.1f} before the run"
+    if others is not None and others <= 0.05 and results["load_before"] > 0.5:
+        # The load average lags: what ran before the run, not beside it.
+        lines.append(
+            f"- **Other work.** {load} on {cores} cores, but other processes used "
+            f"{others:.0%} of its CPU during the run: the machine was the run's."
+        )
+    elif results["load_before"] > 0.5 or (others or 0) > 0.05:
         during = (
             f", and other processes used {others:.0%} of its CPU during the run"
             if others is not None
             else ""
         )
         lines.append(
-            f"- **Other work.** The load average was {results['load_before']:.1f} "
-            f"before the run on {cores} cores{during}: absolute figures are lower "
-            "than on a quiet machine, and ratios taken minutes apart carry that "
-            "noise."
+            f"- **Other work.** {load} on {cores} cores{during}: absolute figures "
+            "are lower than on a quiet machine, and ratios taken minutes apart "
+            "carry that noise."
         )
     busy = [row for row in results.get("sections", []) if row["others_cpu_share"] > 0.1]
     if busy:

@@ -457,6 +457,40 @@ def test_the_page_gives_the_figures_read_from_metrics_beside_the_others(tmp_path
     )
 
 
+@pytest.mark.parametrize(
+    ("load_before", "others", "said"),
+    [
+        # Load left over from before the run; nothing else ran beside it.
+        (
+            2.1,
+            0.0,
+            "- **Other work.** The load average was 2.1 before the run on 2 "
+            "cores, but other processes used 0% of its CPU during the run: the "
+            "machine was the run's.",
+        ),
+        (
+            0.2,
+            0.3,
+            "- **Other work.** The load average was 0.2 before the run on 2 "
+            "cores, and other processes used 30% of its CPU during the run: "
+            "absolute figures are lower than on a quiet machine, and ratios "
+            "taken minutes apart carry that noise.",
+        ),
+    ],
+)
+def test_the_other_work_note_tells_a_busy_machine_from_a_lagging_load_average(
+    load_before, others, said
+):
+    results = {
+        "machine": {"cores": 2},
+        "load_before": load_before,
+        "others_cpu_share": others,
+        "sections": [],
+        "variants": {},
+    }
+    assert load_report().notes(results)[0] == said
+
+
 def test_a_delivery_time_beyond_the_last_bucket_is_given_as_more_than_it():
     bound = load_report().bucket_bound
     beyond = {"deliveries": 4, "buckets": {"5": 1.0, "10": 2.0, "+Inf": 4.0}}
