@@ -7,9 +7,11 @@ prerequisite is missing, except under ``REQUIRE_ALL=1`` (CI), where a missing
 prerequisite is a failure.
 """
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -90,17 +92,34 @@ def unrendered_leftovers(root):
 
 
 def run(command, cwd, timeout=600, env=None):
-    """Run a command, capturing stdout and stderr together as text."""
-    return subprocess.run(
+    """Run a command, capturing stdout and stderr together as text.
+
+    On a timeout (or a Ctrl-C), what it started goes with it (its process
+    group): a server of a generated suite or of run.py, or a redis-server,
+    left running would hold a port and the CPU for the tests after it. A
+    timeout raises TimeoutExpired with the output so far."""
+    with subprocess.Popen(
         command,
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout,
-        check=False,
-    )
+        start_new_session=True,
+    ) as process:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except BaseException as error:  # a Ctrl-C too: it reaches only pytest
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            if not isinstance(error, subprocess.TimeoutExpired):
+                raise
+            try:
+                output, _ = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # a process of its own session
+                output = None  # still holds the output open
+            raise subprocess.TimeoutExpired(command, timeout, output=output) from None
+    return subprocess.CompletedProcess(command, process.returncode, output)
 
 
 def free_port():
