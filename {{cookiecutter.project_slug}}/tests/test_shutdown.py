@@ -14,8 +14,11 @@ from websockets.exceptions import ConnectionClosed
 from .conftest import (
     BIN,
     PROJECT_ROOT,
+    SMALL_WORKER,
+    RawWebSocket,
     bearer_token,
     clean_environ,
+    echoes,
     open_socket,
     wait_until,
 )
@@ -67,6 +70,37 @@ def test_sigterm_closes_every_open_socket_with_1001(start_server, alice):
     except subprocess.TimeoutExpired:
         pytest.fail(f"gunicorn did not stop:\n{server.log()}")
     assert exit_code == 0, server.log()
+    assert_no_trouble(server.log())
+
+
+def test_a_stopping_worker_waits_for_a_slow_answer_to_its_1001(start_server, alice):
+    """However many sockets it closed before, a stopping worker waits for the
+    closing handshake of those still open (up to the close timeout, 10 s).
+    gunicorn's gthread worker counts its connections to know what to wait
+    for; the sockets closed earlier once made that count drop below zero, and
+    the worker left at once, cutting a slow client's handshake short."""
+    server = start_server(**SMALL_WORKER)  # one worker: the same count
+    token = bearer_token(server, alice)
+    for _ in range(3):
+        with open_socket(server, "/ws/echo", token=token) as ws:
+            assert echoes(ws)
+    slow = RawWebSocket(server, "/ws/echo", token)
+    assert slow.status == 101
+    (worker,) = server.worker_pids()
+    server.process.send_signal(signal.SIGTERM)
+    opcode, payload = slow.recv_frame()
+    assert (opcode, payload[:2]) == (RawWebSocket.CLOSE, (1001).to_bytes(2, "big"))
+    # A slow client: it answers 3 s later, when a worker that did not wait
+    # for it would be gone.
+    answer_at = time.monotonic() + 3
+    while time.monotonic() < answer_at and Path(f"/proc/{worker}").exists():
+        time.sleep(0.05)
+    assert Path(f"/proc/{worker}").exists(), f"the worker left:\n{server.log()}"
+    slow.send_frame(RawWebSocket.CLOSE, payload[:2])
+    closing = f"WebSocket /ws/echo of {alice} closed with 1001"
+    wait_until(lambda: closing in server.log(), 10, "the socket's closing line")
+    slow.close()
+    assert server.process.wait(timeout=GRACEFUL_TIMEOUT + 5) == 0, server.log()
     assert_no_trouble(server.log())
 
 

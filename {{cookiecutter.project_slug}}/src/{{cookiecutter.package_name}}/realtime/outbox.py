@@ -104,8 +104,8 @@ class Outbox:
         return len(frame)
 
     def close(self) -> None:
-        """simple-websocket is done reading; the socket closes once the queue
-        is written out (or given up on)."""
+        """simple-websocket is done reading; the connection ends once the
+        queue is written out (or given up on)."""
         with self._lock:
             self._reader_done = True
             if self._writing:
@@ -189,8 +189,14 @@ class Outbox:
         return True
 
     def _close_socket(self) -> None:
+        # Ends the connection, both ways; the socket itself is the server's
+        # (gunicorn's, Werkzeug's), which closes it once the request is over.
+        # gunicorn's gthread worker counts its connections as it closes them:
+        # a socket closed here made that close fail and the count drop twice,
+        # below zero after a few sockets, and a stopping worker then left
+        # without waiting for its requests in flight (its sockets' 1001s).
         with suppress(OSError):
-            self._sock.close()
+            self._sock.shutdown(socket.SHUT_RDWR)
         self.closed.set()
 
 
