@@ -230,18 +230,34 @@ def child_exit(server, worker):
 
 # https://docs.gunicorn.org/en/stable/settings.html#post-fork
 def post_fork(server, worker):
-    """Until gunicorn sets the worker's own signal handlers, the worker has the
-    master's, which only queue the signal for a master that is not there: a
-    stop while the worker boots would be lost, and gunicorn would wait
-    `graceful_timeout` before it kills the worker. Leave at once instead: the
-    worker holds nothing yet, and the master's SIGQUIT that follows a Ctrl-C
-    would cut into a slower exit."""
+    """A stop while the worker boots: leave at once, until `post_worker_init`
+    below sets the handlers of a booted worker. The worker holds nothing yet,
+    and the master's SIGQUIT that follows a Ctrl-C would cut into a slower
+    exit.
+
+    Until gunicorn sets the worker's own handlers, the worker has the
+    master's, which only queue the signal for a master that is not there: the
+    stop would be lost, and gunicorn would wait `graceful_timeout` before it
+    kills the worker. gunicorn sets its own before it loads the app, and its
+    Ctrl-C handler then raises SystemExit wherever the import is: inside
+    `threading` (a library starting a thread), that fails the boot ("Worker
+    failed to boot", exit code 3). So these stay until the app is loaded."""
 
     def stop_while_booting(signum, frame):
         os._exit(0)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, stop_while_booting)
+    def exit_while_booting():
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, stop_while_booting)
+
+    init_signals = worker.init_signals
+
+    def init_signals_then_exit_while_booting():
+        init_signals()
+        exit_while_booting()
+
+    exit_while_booting()
+    worker.init_signals = init_signals_then_exit_while_booting
 
 
 # https://docs.gunicorn.org/en/stable/settings.html#post-worker-init
