@@ -6,12 +6,15 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from .conftest import (
     SMALL_WORKER,
     SMALL_WORKER_SOCKETS,
     RawWebSocket,
     bearer_token,
+    echoes,
+    open_socket,
     wait_until,
 )
 from .test_session import APP
@@ -124,4 +127,25 @@ def test_clients_that_never_answer_pings_give_their_slots_back(small_server, tok
         assert ends == [([], 1008)] * SMALL_WORKER_SOCKETS
         for raw in silent:
             raw.close()
+    assert_capacity_is_whole(small_server, token)
+
+
+def test_only_the_client_that_never_answers_pings_is_closed(small_server, token):
+    """Pings reach every socket, and a 1008 is the silent client's own: beside
+    two silent clients in turn (two ping intervals at least), a client that
+    answers pings (as `websockets` does) stays open and echoes."""
+
+    def answering_client():
+        try:
+            return open_socket(small_server, "/ws/echo", token=token)
+        except InvalidStatus as refused:
+            assert refused.response.status_code == 503
+            return None
+
+    with wait_until(answering_client, 10, "a slot came back") as answering:
+        for _ in range(2):
+            silent = open_when_room(small_server, token)
+            assert silent.messages_until_close() == ([], 1008)
+            silent.close()
+        assert echoes(answering)
     assert_capacity_is_whole(small_server, token)
