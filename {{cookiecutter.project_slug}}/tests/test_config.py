@@ -107,6 +107,18 @@ def test_flask_command_refuses_too(tmp_path):
     assert result.stderr == f"error: SECRET_KEY is not set; {HINT}\n"
 
 
+def run_python(settings: dict, code: str) -> subprocess.CompletedProcess:
+    """`python -c code` in the project's environment, with `settings` only."""
+    return subprocess.run(
+        [str(BIN / "python"), "-c", code],
+        cwd=PROJECT_ROOT,
+        env=clean_environ(**settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_alembic_is_imported_by_the_db_commands_only(settings):
     """Every gunicorn start builds the app. Alembic, through Flask-Migrate, is
     a tenth of its import, and only `flask db ...` needs it."""
@@ -114,14 +126,7 @@ def test_alembic_is_imported_by_the_db_commands_only(settings):
         "import sys; from {{ cookiecutter.package_name }} import create_app; create_app(); "
         "print([name for name in ('alembic', 'flask_migrate') if name in sys.modules])"
     )
-    built = subprocess.run(
-        [str(BIN / "python"), "-c", check],
-        cwd=PROJECT_ROOT,
-        env=clean_environ(**settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    built = run_python(settings, check)
     assert (built.returncode, built.stdout) == (0, "[]\n"), built.stderr
     listed = run_flask(settings, "db", "--help")
     assert listed.returncode == 0, listed.stderr
@@ -384,13 +389,6 @@ def test_gevent_keeps_no_record_of_where_each_greenlet_was_spawned(settings):
             spawned,
         ]
     )
-    ran = subprocess.run(
-        [str(BIN / "python"), "-c", script],
-        cwd=PROJECT_ROOT,
-        env=clean_environ(**settings),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    ran = run_python(settings, script)
     assert (ran.returncode, ran.stdout) == (0, "False\nTrue\n"), ran.stderr
 {%- endif %}

@@ -110,7 +110,7 @@ class Outbox:
             self._reader_done = True
             if self._writing:
                 return
-        self._close_socket()
+        self._end_connection()
 
     # --- for Connection -----------------------------------------------------
 
@@ -167,7 +167,7 @@ class Outbox:
         with self._lock:
             close_now = self._reader_done and not self._writing
         if close_now:
-            self._close_socket()
+            self._end_connection()
 
     def _write_some(self, selector: selectors.BaseSelector) -> bool:
         """Write part of the queue once the client has room; False when the
@@ -188,7 +188,7 @@ class Outbox:
             self._current = frame[sent:] if sent < len(frame) else None
         return True
 
-    def _close_socket(self) -> None:
+    def _end_connection(self) -> None:
         # Ends the connection, both ways; the socket itself is the server's
         # (gunicorn's, Werkzeug's), which closes it once the request is over.
         # gunicorn's gthread worker counts its connections as it closes them:
