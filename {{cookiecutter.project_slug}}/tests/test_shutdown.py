@@ -86,6 +86,11 @@ def test_a_stopping_worker_waits_for_a_slow_answer_to_its_1001(start_server, ali
             assert echoes(ws)
     slow = RawWebSocket(server, "/ws/echo", token)
     assert slow.status == 101
+    # An echo first: the socket's reader is then in its loop. One that starts
+    # after the 1001 went out finds the socket closed and ends at once,
+    # without waiting for an answer (a socket opened as the worker stops).
+    slow.send_frame(RawWebSocket.TEXT, b"reading")
+    assert slow.recv_frame() == (RawWebSocket.TEXT, b"reading")
     (worker,) = server.worker_pids()
     server.process.send_signal(signal.SIGTERM)
     opcode, payload = slow.recv_frame()
