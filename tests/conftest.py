@@ -134,7 +134,7 @@ def ruff(*arguments, cwd):
     return run([sys.executable, "-m", "ruff", *arguments, "--no-cache"], cwd=cwd)
 
 
-def _bake_with(cookies, answers):
+def bake_with(cookies, answers):
     result = cookies.bake(extra_context=answers, template=str(TEMPLATE_DIR))
     assert result.exit_code == 0, f"bake {answers} failed: {result.exception!r}"
     assert result.exception is None, f"bake {answers} failed: {result.exception!r}"
@@ -146,7 +146,7 @@ def bake(cookies):
     """A fresh bake for each call: ``bake(database="postgresql")``."""
 
     def bake_with_answers(**answers):
-        return _bake_with(cookies, answers)
+        return bake_with(cookies, answers)
 
     return bake_with_answers
 
@@ -163,7 +163,7 @@ def baked(cookies_session):
     def bake_once(**answers):
         key = tuple(sorted(answers.items()))
         if key not in cache:
-            cache[key] = _bake_with(cookies_session, answers)
+            cache[key] = bake_with(cookies_session, answers)
         return cache[key]
 
     return bake_once
