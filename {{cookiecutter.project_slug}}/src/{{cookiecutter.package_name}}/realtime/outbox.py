@@ -7,12 +7,13 @@ client, so one client that stops reading freezes the chat of its whole worker.
 Under gevent the same write can also send part of a frame and drop the rest.
 
 An `Outbox` takes the socket's place inside simple-websocket (`ws.sock`).
-Reads go to the socket as before. Every frame written (the handler's replies,
-the hub's deliveries, simple-websocket's own pings, pongs and closes) goes out
-at once as far as the kernel takes it; the rest waits in this socket's queue,
-and a writer of its own (a thread, a greenlet under gevent) sends it as the
-client reads. `backlog` says how far the client is behind; `Connection` closes
-it with 1008 when that passes WS_SEND_QUEUE_LIMIT.
+Reads go to the socket as before. Every frame written goes out at once as far
+as the kernel takes it: the handler's replies, the hub's deliveries, pings
+(simple-websocket's own, or under gevent the worker's `Pinger`'s), pongs and
+closes. The rest waits in this socket's queue, and a writer of its own (a
+thread, a greenlet under gevent) sends it as the client reads. `backlog` says
+how far the client is behind; `Connection` closes it with 1008 when that
+passes WS_SEND_QUEUE_LIMIT.
 
 Since every frame passes here, so does the close frame, whoever decided on it
 (a handler, the shutdown, simple-websocket refusing a message too big, or the
