@@ -44,7 +44,7 @@ from {{ cookiecutter.package_name }}.config import Settings
 from {{ cookiecutter.package_name }}.extensions import db
 
 # The test modules import these from here too (wait_until only they use).
-from .processes import free_port, stop_process, wait_until_started
+from .processes import free_port, reserved_port, stop_process, wait_until_started
 from .processes import wait_until as wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -395,23 +395,25 @@ class Server:
         app: str | None = None,
         port: int | None = None,
     ):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"]
-        command += ["--bind", f"127.0.0.1:{self.port}"]
-        if app:
-            command.append(app)
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=clean_environ(**settings),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until_started(self.process, self._healthy, timeout=30, log=self.log)
+        with contextlib.ExitStack() as held:
+            # Held until gunicorn answers: see reserved_port.
+            self.port = port or held.enter_context(reserved_port())
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.ws_url = f"ws://127.0.0.1:{self.port}"
+            self.log_path = log_path
+            command = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"]
+            command += ["--bind", f"127.0.0.1:{self.port}"]
+            if app:
+                command.append(app)
+            self._log = log_path.open("w")
+            self.process = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env=clean_environ(**settings),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+            wait_until_started(self.process, self._healthy, timeout=30, log=self.log)
 
     def _healthy(self) -> bool:
         try:

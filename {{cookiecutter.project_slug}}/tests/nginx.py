@@ -25,7 +25,13 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from .processes import free_port, port_open, stop_process, wait_until_started
+from .processes import (
+    free_port,
+    free_ports,
+    port_open,
+    stop_process,
+    wait_until_started,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
@@ -179,9 +185,11 @@ class Nginx:
         assert self.binary, "nginx is not installed"
         self.prefix = prefix
         self.certs = certs
-        self.port = free_port()
+        if certs:
+            self.port, self.tls_port = free_ports(2)
+        else:
+            self.port, self.tls_port = free_port(), None
         self.http_url = f"http://127.0.0.1:{self.port}"
-        self.tls_port = free_port() if certs else None
         if certs:
             self.url = f"https://127.0.0.1:{self.tls_port}"
             self.ws_url = f"wss://127.0.0.1:{self.tls_port}"

@@ -1,5 +1,6 @@
 """Waiting and processes, for every test module and tests/nginx.py: a free
-port, polling until a condition holds, stopping a process.
+port, one held for gunicorn, polling until a condition holds, stopping a
+process.
 
 It imports nothing of the tests, so tests/nginx.py can use it when the
 template's own tests load that file without conftest.
@@ -9,15 +10,47 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
 
 def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` ports of 127.0.0.1 that nothing listens on at the moment, all
+    different: each probe stays bound until the last is, or a port could be
+    handed out twice."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+@contextmanager
+def reserved_port() -> Iterator[int]:
+    """A free port, held for a server that listens with SO_REUSEPORT, as
+    gunicorn does here (gunicorn.conf.py), until the block ends.
+
+    Between `free_port` and a server's own bind, another process (a test
+    suite running beside this one) may be handed the same port. Most servers
+    would then fail with "Address already in use"; two gunicorns would both
+    listen on it, and the kernel would give each some of the other's
+    connections. This probe sets SO_REUSEPORT too and stays bound without
+    listening: gunicorn binds beside it, no other process is handed the port
+    (the kernel never picks a port in use for a bind to port 0), and a socket
+    that does not listen takes no connection."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        yield probe.getsockname()[1]
 
 
 def port_open(host: str, port: int) -> bool:
