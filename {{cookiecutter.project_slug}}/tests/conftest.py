@@ -43,8 +43,10 @@ from {{ cookiecutter.package_name }}.auth.models import User
 from {{ cookiecutter.package_name }}.config import Settings
 from {{ cookiecutter.package_name }}.extensions import db
 
-# The test modules import these from here too (wait_until only they use).
-from .processes import free_port, reserved_port, stop_process, wait_until_started
+# The test modules import free_port and wait_until from here too (this file
+# uses free_port only for Redis's port).
+from .processes import free_port as free_port
+from .processes import reserved_port, stop_process, wait_until_started
 from .processes import wait_until as wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
