@@ -140,6 +140,23 @@ class MakeDev:
         return self.log_path.read_text()
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """A script's `command &` (a shell without job control) starts the command
+    with SIGINT ignored, and every process it starts inherits that: `make dev`
+    would then outlive its Ctrl-C. In a terminal make has the default action;
+    while this pytest catches SIGINT, the processes it starts get the default
+    back."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextmanager
 def make_dev(bake: Bake, log_path: Path, **settings: str):
     """`make dev` in a process group of its own, as a terminal runs it."""
