@@ -397,9 +397,8 @@ class Server:
         app: str | None = None,
         port: int | None = None,
     ):
-        with contextlib.ExitStack() as held:
-            # Held until gunicorn answers: see reserved_port.
-            self.port = port or held.enter_context(reserved_port())
+        # A free port is held until gunicorn answers: see reserved_port.
+        with contextlib.nullcontext(port) if port else reserved_port() as self.port:
             self.url = f"http://127.0.0.1:{self.port}"
             self.ws_url = f"ws://127.0.0.1:{self.port}"
             self.log_path = log_path

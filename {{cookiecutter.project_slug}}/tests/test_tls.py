@@ -176,12 +176,13 @@ def test_chat_over_wss_with_a_client_that_trusts_the_ca(
         ) as ws:
             # The handler subscribes before it reads, so a client hears its own
             # message; an error is the hub not ready yet.
-            while True:
-                await ws.send(json.dumps({"text": "hello over wss"}))
-                message = json.loads(await asyncio.wait_for(ws.recv(), 5))
-                if message["type"] != "error":
-                    return message
-                await asyncio.sleep(0.1)
+            async with asyncio.timeout(10):
+                while True:
+                    await ws.send(json.dumps({"text": "hello over wss"}))
+                    message = json.loads(await ws.recv())
+                    if message["type"] != "error":
+                        return message
+                    await asyncio.sleep(0.1)
 
     message = asyncio.run(chat())
     assert message["type"] == "message"
