@@ -55,9 +55,12 @@ outcome, which names the cause of each refusal the client saw as an HTTP
 status (benchmarks/service_metrics.py; this needs prometheus-client, one of
 a bake's dependencies). The reads are outside the timed and measured spans.
 
-Many sockets from one process: the open-file limit is raised to what N needs
-(up to the hard limit; `ulimit -Hn` as root raises that), and past the
-ephemeral port range (/proc/sys/net/ipv4/ip_local_port_range, about 28,000
+Many sockets: the open-file limit is raised to what N needs (up to the hard
+limit; `ulimit -Hn` as root raises that); where the hard limit is lower and
+cannot be raised, the sockets are shared among several client processes
+(`--processes`, by default as many as the limit needs), which ramp, hold and
+check together while this one samples the server; past the ephemeral port
+range (/proc/sys/net/ipv4/ip_local_port_range, about 28,000
 ports per source and destination address) the sockets leave from several
 loopback addresses (127.0.0.1, 127.0.0.2, ...), which only works against a
 server on loopback. Standard library and `websockets` (a bake's dev extra) only,
@@ -72,6 +75,7 @@ import getpass
 import ipaddress
 import json
 import math
+import multiprocessing
 import os
 import resource
 import socket
@@ -81,7 +85,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -127,6 +131,11 @@ class Results:
     failures: Counter = field(default_factory=Counter)
     # Sockets open when the first failure happened (None: nothing failed).
     open_at_first_failure: int | None = None
+    # When each socket opened and when the first failure happened (monotonic
+    # clock, which processes share): with several client processes, the
+    # sockets open at the first failure are counted from these.
+    opened_at: list[float] = field(default_factory=list)
+    first_failure_at: float | None = None
     handshake_ms: list[float] = field(default_factory=list)
     echo_ms: list[float] = field(default_factory=list)
     traffic_ms: list[float] = field(default_factory=list)
@@ -148,7 +157,28 @@ class Results:
     def fail(self, reason: str) -> None:
         if self.open_at_first_failure is None:
             self.open_at_first_failure = self.open_now
+            self.first_failure_at = time.monotonic()
         self.failures[reason] += 1
+
+    def add(self, share: "Results") -> None:
+        """Count in what one client process of several saw."""
+        self.opened += share.opened
+        self.held += share.held
+        self.failures.update(share.failures)
+        self.handshake_ms += share.handshake_ms
+        self.echo_ms += share.echo_ms
+        self.traffic_ms += share.traffic_ms
+        self.opened_at += share.opened_at
+        self.client_cpu_seconds += share.client_cpu_seconds
+        if share.first_failure_at is not None and (
+            self.first_failure_at is None
+            or share.first_failure_at < self.first_failure_at
+        ):
+            self.first_failure_at = share.first_failure_at
+        if self.first_failure_at is not None:
+            self.open_at_first_failure = sum(
+                1 for moment in self.opened_at if moment < self.first_failure_at
+            )
 
 
 # --- the server's memory and CPU, from /proc ------------------------------------
@@ -490,6 +520,7 @@ async def open_and_check(
         return None
     results.opened += 1
     results.open_now += 1
+    results.opened_at.append(time.monotonic())
     return ws
 
 
@@ -550,8 +581,8 @@ async def warm_up(plan: Plan) -> None:
     await asyncio.sleep(1)
 
 
-async def run(plan: Plan, progress: Progress) -> Results:
-    results = Results(asked=plan.connections)
+async def measure_before(plan: Plan, results: Results) -> None:
+    """The warm-up, then what the server holds before the first socket."""
     if plan.warmup:
         await warm_up(plan)
     # Before the memory is sampled: what the read allocates in a worker is
@@ -560,8 +591,13 @@ async def run(plan: Plan, progress: Progress) -> Results:
         read_metrics_into(results, url, "before")
     results.before = sample_all(plan)
 
-    # Ramp: start one socket every 1/rate s, at most `concurrency` in flight,
-    # each bounded by `timeout`; stop early on a failure when asked to.
+
+async def ramp(
+    plan: Plan, indices: range, results: Results, progress: Progress, stop
+) -> list[ClientConnection]:
+    """Start one socket every 1/rate s, at most `concurrency` in flight, each
+    bounded by `timeout`; no more once `stop()` says so. The sockets that
+    opened and answered."""
     gate = asyncio.Semaphore(plan.concurrency)
     tasks = []
     ramp_started = time.monotonic()
@@ -572,71 +608,77 @@ async def run(plan: Plan, progress: Progress) -> Results:
         finally:
             gate.release()
 
-    for index in range(plan.connections):
-        if plan.stop_on_failure and results.failures:
-            break
-        delay = ramp_started + index / plan.rate - time.monotonic()
+    for number, index in enumerate(indices):
+        delay = ramp_started + number / plan.rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
         await gate.acquire()
+        # After the wait: a socket in flight meanwhile may have failed.
+        if stop():
+            gate.release()
+            break
         tasks.append(asyncio.create_task(start(index)))
         progress.show(
             "ramp",
             results.opened,
-            plan.connections,
+            len(indices),
             f"failed {sum(results.failures.values())}",
         )
     sockets = [ws for ws in await asyncio.gather(*tasks) if ws is not None]
-    results.ramp_seconds = time.monotonic() - ramp_started
     progress.show(
         "ramp",
         results.opened,
-        plan.connections,
+        len(indices),
         f"failed {sum(results.failures.values())}",
         force=True,
     )
     progress.done()
+    return sockets
 
-    # Hold them all, then measure while every one is still open.
-    results.hold_start = sample_all(plan)
-    client_cpu = time.process_time()
-    hold_started = time.monotonic()
-    until = hold_started + plan.hold
+
+async def hold_all(
+    plan: Plan,
+    sockets: list[ClientConnection],
+    until: float,
+    results: Results,
+    progress: Progress,
+) -> list[ClientConnection]:
+    """Hold the sockets until `until`; those still open then."""
     holders = [
         asyncio.create_task(hold_socket(plan, ws, until, results)) for ws in sockets
     ]
+    hold_started = time.monotonic()
+    hold = until - hold_started
     while not all(task.done() for task in holders):
         left = max(0.0, until - time.monotonic())
         progress.show(
-            "hold",
-            round(plan.hold - left),
-            round(plan.hold),
-            f"s, {results.open_now} open",
+            "hold", round(hold - left), round(hold), f"s, {results.open_now} open"
         )
         await asyncio.wait(holders, timeout=min(1.0, left + plan.timeout))
         if time.monotonic() > until + 2 * plan.timeout:
             break  # every step is bounded by timeout; this one did not finish
-    results.hold_seconds = time.monotonic() - hold_started
     progress.show(
-        "hold",
-        round(plan.hold),
-        round(plan.hold),
-        f"s, {results.open_now} open",
-        force=True,
+        "hold", round(hold), round(hold), f"s, {results.open_now} open", force=True
     )
     progress.done()
-    still_open = [
+    for task in holders:
+        if not task.done():
+            task.cancel()
+    return [
         ws
         for ws, task in zip(sockets, holders, strict=True)
-        if task.done() and task.result()
+        if task.done() and not task.cancelled() and task.result()
     ]
-    results.hold_end = sample_all(plan)
-    results.client_cpu_seconds = time.process_time() - client_cpu
-    if results.metrics_before:
-        for url in plan.metrics_urls:
-            read_metrics_into(results, url, "held")
 
-    # One more echo each: a socket counts as held only if it still answers.
+
+async def check_and_close(
+    plan: Plan,
+    sockets: list[ClientConnection],
+    still_open: list[ClientConnection],
+    results: Results,
+) -> None:
+    """One more echo each: a socket counts as held only if it still answers."""
+
     async def check(index: int, ws: ClientConnection) -> bool:
         try:
             await echo_once(ws, f"still here {index}", plan.timeout)
@@ -650,8 +692,175 @@ async def run(plan: Plan, progress: Progress) -> Results:
     )
     results.held = sum(checks)
     await gather_limited((close_quietly(ws) for ws in sockets), plan.concurrency)
-    for task in holders:
-        task.cancel()
+
+
+async def run(plan: Plan, progress: Progress) -> Results:
+    results = Results(asked=plan.connections)
+    await measure_before(plan, results)
+    ramp_started = time.monotonic()
+    sockets = await ramp(
+        plan,
+        range(plan.connections),
+        results,
+        progress,
+        stop=lambda: plan.stop_on_failure and bool(results.failures),
+    )
+    results.ramp_seconds = time.monotonic() - ramp_started
+
+    # Hold them all, then measure while every one is still open.
+    results.hold_start = sample_all(plan)
+    client_cpu = time.process_time()
+    hold_started = time.monotonic()
+    still_open = await hold_all(
+        plan, sockets, hold_started + plan.hold, results, progress
+    )
+    results.hold_seconds = time.monotonic() - hold_started
+    results.hold_end = sample_all(plan)
+    results.client_cpu_seconds = time.process_time() - client_cpu
+    if results.metrics_before:
+        for url in plan.metrics_urls:
+            read_metrics_into(results, url, "held")
+    await check_and_close(plan, sockets, still_open, results)
+    return results
+
+
+# --- several client processes --------------------------------------------------
+
+
+def client_processes(connections: int, wanted: int | None) -> int:
+    """How many processes the sockets need: raise the open-file limit toward
+    what one process would need, then share them among as many as the limit
+    allows (each inherits it)."""
+    needed = connections + SPARE_FILE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        try:  # only root may raise the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(needed, hard)))
+        except (ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limit == resource.RLIM_INFINITY:
+        limit = needed
+    usable = limit - SPARE_FILE_DESCRIPTORS
+    count = wanted or max(1, math.ceil(connections / max(usable, 1)))
+    if count > connections:
+        sys.exit(
+            f"error: {count} processes for {connections} sockets; lower --processes"
+        )
+    if usable < math.ceil(connections / count):
+        sys.exit(
+            f"error: {math.ceil(connections / count)} sockets per process and "
+            f"{limit} open files each; raise --processes"
+        )
+    return count
+
+
+def client_process(plan: Plan, indices: range, channel, failed) -> None:
+    """One of several client processes: its share of the sockets, with the
+    whole run's steps, each started by the coordinating process."""
+    results = Results(asked=len(indices))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> bool:
+            if not plan.stop_on_failure:
+                return False
+            if results.failures:
+                failed.set()  # and the other processes stop ramping too
+            return failed.is_set()
+
+        sockets = await ramp(plan, indices, results, Progress(False), stop)
+        channel.send("ramped")
+        # While waiting, the loop keeps answering the server's pings.
+        until = await loop.run_in_executor(None, channel.recv)
+        client_cpu = time.process_time()
+        still_open = await hold_all(plan, sockets, until, results, Progress(False))
+        results.client_cpu_seconds = time.process_time() - client_cpu
+        channel.send("held")
+        await loop.run_in_executor(None, channel.recv)
+        await check_and_close(plan, sockets, still_open, results)
+        channel.send(results)
+
+    asyncio.run(main())
+
+
+def run_in_processes(plan: Plan, progress: Progress, count: int) -> Results:
+    """run(), its sockets shared among `count` client processes while this
+    one samples the server between their steps."""
+    results = Results(asked=plan.connections)
+    asyncio.run(measure_before(plan, results))
+    # Forked (nothing runs in this process then): the children share the
+    # plan as it is, and `failed` stops every ramp at the first failure.
+    context = multiprocessing.get_context("fork")
+    failed = context.Event()
+    share = replace(
+        plan,
+        rate=plan.rate / count,
+        concurrency=max(1, math.ceil(plan.concurrency / count)),
+    )
+    processes, channels = [], []
+    for number in range(count):
+        channel, theirs = context.Pipe()
+        process = context.Process(
+            target=client_process,
+            args=(share, range(number, plan.connections, count), theirs, failed),
+            name=f"loadtest-client-{number + 1}",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        processes.append(process)
+        channels.append(channel)
+
+    def step(expected: str, label: str) -> list:
+        """Every process's next message; a process that died is an error."""
+        messages = []
+        for number, process in enumerate(processes):
+            try:
+                message = channels[number].recv()
+            except EOFError:
+                process.join(5)
+                sys.exit(
+                    f"error: client process {number + 1} of {count} ended "
+                    f"(exit status {process.exitcode}) before it was {label}"
+                )
+            if isinstance(message, str) and message != expected:
+                sys.exit(f"error: client process {number + 1} said {message!r}")
+            messages.append(message)
+        return messages
+
+    try:
+        progress.show("ramp", 0, plan.connections, f"in {count} processes", force=True)
+        ramp_started = time.monotonic()
+        step("ramped", "ramped")
+        results.ramp_seconds = time.monotonic() - ramp_started
+        progress.done()
+
+        results.hold_start = sample_all(plan)
+        hold_started = time.monotonic()
+        until = hold_started + plan.hold
+        for channel in channels:
+            channel.send(until)
+        progress.show("hold", 0, round(plan.hold), "s", force=True)
+        step("held", "done holding")
+        results.hold_seconds = time.monotonic() - hold_started
+        progress.done()
+        results.hold_end = sample_all(plan)
+        if results.metrics_before:
+            for url in plan.metrics_urls:
+                read_metrics_into(results, url, "held")
+
+        for channel in channels:
+            channel.send("check")
+        for share_results in step("", "done checking"):
+            results.add(share_results)
+    finally:
+        for process in processes:
+            process.join(2 * plan.timeout)
+            if process.is_alive():
+                process.kill()
+                process.join()
     return results
 
 
@@ -970,8 +1179,10 @@ def print_report(report: dict) -> None:
         lines.append("server      not measured (--server-pid or --server-match)")
     if "service_metrics" in report:
         lines.append(service_line(report["service_metrics"]))
+    processes = report.get("client_processes", 1)
     lines.append(
         f"client      {report['client_cpu_share']:.0%} of a core during the hold"
+        + (f", {processes} processes together" if processes > 1 else "")
     )
     print("\n".join(lines))
 
@@ -1088,6 +1299,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="measure handshakes per second: open and close each socket at once",
     )
+    parser.add_argument(
+        "--processes",
+        type=positive(int),
+        help="client processes to share the sockets among (default: one, or as "
+        "many as the open-file limit needs)",
+    )
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     arguments = parser.parse_args(argv)
@@ -1123,7 +1340,12 @@ def main(argv: list[str] | None = None) -> int:
             password = getpass.getpass(f"password for {arguments.user}: ")
         token_url = arguments.token_url or token_url_for(arguments.url)
         token = fetch_token(token_url, arguments.user, password, arguments.timeout)
-    raise_open_file_limit(arguments.connections + SPARE_FILE_DESCRIPTORS)
+    if arguments.handshakes:
+        # A handshake's socket closes before the next one opens.
+        in_flight = min(arguments.connections, arguments.concurrency)
+        raise_open_file_limit(in_flight + SPARE_FILE_DESCRIPTORS)
+    else:
+        processes = client_processes(arguments.connections, arguments.processes)
     plan = Plan(
         url=arguments.url,
         connections=arguments.connections,
@@ -1147,8 +1369,12 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.handshakes:
         report = asyncio.run(handshake_rate(plan, progress))
         print_handshake_report(report)
-    else:
+    elif processes == 1:
         report = summary(plan, asyncio.run(run(plan, progress)))
+        print_report(report)
+    else:
+        report = summary(plan, run_in_processes(plan, progress, processes))
+        report["client_processes"] = processes
         print_report(report)
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(report, indent=2) + "\n")

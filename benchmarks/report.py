@@ -859,8 +859,9 @@ def cluster_table(rows: list[dict]) -> list[str]:
     lines = [
         "| round | tried | held with no error | first failure "
         "| each instance held (/metrics) | opened per second "
-        "| app memory per socket | nginx per socket |",
-        "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |",
+        "| app memory per socket | nginx per socket | nginx workers "
+        "| client processes |",
+        "| ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- | ---: |",
     ]
     for row in rows:
         report = row["report"]
@@ -876,9 +877,16 @@ def cluster_table(rows: list[dict]) -> list[str]:
             f"| {first_failure(report)} | {each} "
             f"| {number(opening_rate(report))} "
             f"| {number(kilobytes(report), 1, ' KB')} "
-            f"| {number(kilobytes(report, 'proxy'), 1, ' KB')} |"
+            f"| {number(kilobytes(report, 'proxy'), 1, ' KB')} "
+            f"| {nginx_workers(row.get('nginx', {}))} "
+            f"| {report.get('client_processes', 1)} |"
         )
     return lines
+
+
+def nginx_workers(settings: dict) -> str:
+    workers = settings.get("worker_processes")
+    return f"{workers}, reuseport" if workers else "one per core"
 
 
 SECTION_NAMES = {
@@ -978,14 +986,15 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         f"timeout {servers['timeout']} s, keep-alive {servers['keepalive']} s |",
         f"| nginx | the generated config, `worker_connections` "
         f"{servers['nginx_worker_connections']:,} and `worker_rlimit_nofile` "
-        f"{servers['nginx_rlimit_nofile']:,} (two instances: twice the sockets "
-        "tried) |",
+        f"{servers['nginx_rlimit_nofile']:,} (two instances: their own, in "
+        "their table) |",
         "| service | `APP_ENV=production`, SQLite, `broadcast = redis` with a "
         "redis-server of the run's own, access log and one log line per socket |",
         "| client | one Python process (benchmarks/loadtest.py, websockets' asyncio "
         "client; raw sockets for handshakes per second and the fan-out's "
-        "subscribers) on the same machine; bearer token on every handshake to "
-        "the service |",
+        "subscribers; two instances: as many processes as the open-file limit "
+        "needs) on the same machine; bearer token on every handshake to the "
+        "service |",
         "",
         "The client, nginx and gunicorn share the same cores, so every figure is "
         "lower than on separate machines; the CPU column says who was busy. "
@@ -1170,7 +1179,11 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
             "run's redis-server, behind one nginx whose upstream names both "
             "(least_conn, as generated); idle sockets opened as for the most "
             "sockets held, until the first failure. Each instance's count is "
-            "from its own /metrics; memory is both instances' together.",
+            "from its own /metrics; memory is both instances' together. Where "
+            "a process may not hold every socket (the open-file limit), nginx "
+            "runs as many workers as that limit needs, each listening with "
+            "reuseport so that the kernel shares the connections among them "
+            "evenly, and the client shares the sockets among processes.",
             "",
             *cluster_table(gevent["cluster"]),
             "",

@@ -61,6 +61,7 @@ import datetime
 import functools
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -97,7 +98,14 @@ TIMEOUT = 30
 # nginx: two connections per proxied socket; raised as the generated
 # docs/capacity.md says, so that nginx is never the limit being measured.
 NGINX_WORKER_CONNECTIONS = 32768
-NGINX_RLIMIT_NOFILE = 2 * NGINX_WORKER_CONNECTIONS
+
+
+def nginx_descriptors(worker_connections: int) -> int:
+    """worker_rlimit_nofile: twice worker_connections, as the generated
+    config has it, up to the hard limit, which nginx cannot raise either."""
+    wanted = 2 * worker_connections
+    _, limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return wanted if limit == resource.RLIM_INFINITY else min(wanted, limit)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,11 @@ class Scale:
     storm_backoff: tuple[float, float] | None
     cluster_sockets: int
     cluster_rounds: int
+    # None: as many nginx workers and client processes as the open-file
+    # limit needs (cluster_nginx(), loadtest.py's --processes); a number
+    # takes that path whatever the limit, as --quick does to test it.
+    cluster_nginx_workers: int | None = None
+    cluster_client_processes: int | None = None
 
 
 FULL = Scale(
@@ -190,6 +203,8 @@ QUICK = Scale(
     storm_backoff=(0.2, 2),
     cluster_sockets=100,
     cluster_rounds=1,
+    cluster_nginx_workers=2,
+    cluster_client_processes=2,
 )
 # The measurements, in the order a run takes them; `--sections` picks some.
 # The last three run for gevent only, the worker class they are targets of.
@@ -431,14 +446,24 @@ class Variant:
         )
         return service.wait_until_listening("/healthz")
 
-    def nginx(self, *apps: Service, worker_connections: int | None = None):
-        """The generated nginx in front of `apps` (its upstream names each)."""
+    def nginx(
+        self,
+        *apps: Service,
+        worker_connections: int | None = None,
+        worker_processes: int | None = None,
+    ):
+        """The generated nginx in front of `apps` (its upstream names each);
+        with `worker_processes`, that many workers, each with a listening
+        socket of its own (reuseport), so that they share the sockets evenly."""
         prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=self.logs))
         kind = self.nginx_class
+        changed = {}
         if worker_connections:
-            kind = type(
-                "MoreNginx", (kind,), {"worker_connections": worker_connections}
-            )
+            changed["worker_connections"] = worker_connections
+        if worker_processes:
+            changed["worker_processes"] = worker_processes
+        if changed:
+            kind = type("MoreNginx", (kind,), changed)
         # nginx's own limit on /auth/ too, for the same reason.
         return kind(
             prefix,
@@ -468,9 +493,17 @@ def nginx_class(bake: Bake):
 
     class RaisedNginx(module.Nginx):
         worker_connections = NGINX_WORKER_CONNECTIONS
+        # None: the generated `auto`, one per core.
+        worker_processes: int | None = None
 
         def _main_config(self) -> str:
             text = super()._main_config()
+            if self.worker_processes:
+                text = module.replace_once(
+                    text,
+                    r"^worker_processes\s+\w+;",
+                    f"worker_processes {self.worker_processes};",
+                )
             text = module.replace_once(
                 text,
                 r"worker_connections\s+\d+;",
@@ -479,7 +512,19 @@ def nginx_class(bake: Bake):
             return module.replace_once(
                 text,
                 r"worker_rlimit_nofile\s+\d+;",
-                f"worker_rlimit_nofile {2 * self.worker_connections};",
+                f"worker_rlimit_nofile {nginx_descriptors(self.worker_connections)};",
+            )
+
+        def _adjust(self, name: str, text: str, upstreams) -> str:
+            text = super()._adjust(name, text, upstreams)
+            if name != "default.conf" or not self.worker_processes:
+                return text
+            # One accept queue per worker: the kernel spreads the
+            # connections among them by their addresses.
+            return module.replace_once(
+                text,
+                rf"^[ \t]*listen\s+127\.0\.0\.1:{self.port};",
+                f"    listen 127.0.0.1:{self.port} reuseport;",
             )
 
         @property
@@ -895,6 +940,26 @@ def run_group(command, timeout: float) -> tuple[int | str, str]:
         return f"timed out after {timeout:.0f} s", output
 
 
+def cluster_nginx(count: int, workers: int | None = None) -> dict:
+    """nginx's settings for `count` sockets: two connections each. Where one
+    worker may hold them all, the generated worker count, and workers that
+    may not share evenly; else (or given `workers`) as many workers as the
+    open-file limit needs, each with its own listening socket so that they
+    do share evenly (a quarter spare for the unevenness of that share)."""
+    spare = 1024
+    _, limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = limit == resource.RLIM_INFINITY
+    if not workers and (unlimited or 2 * count + spare <= limit):
+        return {"worker_connections": 2 * count + spare}
+    if unlimited:
+        return {"worker_connections": 2 * count + spare, "worker_processes": workers}
+    needed = math.ceil(2 * count * 1.25 / (limit - spare))
+    return {
+        "worker_connections": min(2 * count + spare, limit - spare),
+        "worker_processes": max(workers or 0, needed),
+    }
+
+
 def measure_cluster(variant: Variant, scale: Scale) -> list[dict]:
     """`cluster_sockets` idle sockets through one nginx whose upstream names
     two gunicorns (each its own master and two workers, sharing the run's
@@ -910,10 +975,8 @@ def measure_cluster(variant: Variant, scale: Scale) -> list[dict]:
         with Stack() as stack:
             first = stack.start(variant.app())
             second = stack.start(variant.app())
-            # Two connections per socket, and workers may not share evenly.
-            proxy = stack.start(
-                variant.nginx(first, second, worker_connections=2 * count + 1024)
-            )
+            settings = cluster_nginx(count, scale.cluster_nginx_workers)
+            proxy = stack.start(variant.nginx(first, second, **settings))
             report = loadtest(
                 variant,
                 f"ws://127.0.0.1:{proxy.port}/ws/echo",
@@ -927,8 +990,11 @@ def measure_cluster(variant: Variant, scale: Scale) -> list[dict]:
                 server_pid=[first.pid, second.pid],
                 proxy_pid=proxy.pid,
                 metrics_url=[metrics_url(first), metrics_url(second)],
+                processes=scale.cluster_client_processes,
             )
-        rows.append({"round": number, "tried": count, "report": report})
+        rows.append(
+            {"round": number, "tried": count, "nginx": settings, "report": report}
+        )
     return rows
 
 
@@ -1191,7 +1257,7 @@ def main() -> int:
             "timeout": TIMEOUT,
             "keepalive": KEEPALIVE,
             "nginx_worker_connections": NGINX_WORKER_CONNECTIONS,
-            "nginx_rlimit_nofile": NGINX_RLIMIT_NOFILE,
+            "nginx_rlimit_nofile": nginx_descriptors(NGINX_WORKER_CONNECTIONS),
         },
         "load_before": load_average(),
         "variants": {},

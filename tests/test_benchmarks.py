@@ -218,6 +218,63 @@ def test_loadtest_counts_refusals_by_http_status(bench_bake, start_server, tmp_p
 
 
 @pytest.mark.slow
+def test_loadtest_shares_the_sockets_among_client_processes(
+    bench_bake, start_server, tmp_path
+):
+    """As run.py's two-instance section does where one process may not hold
+    every socket: each process ramps, holds and checks its share, this one
+    samples the server between their steps."""
+    server = start_server()
+    status, report = run_loadtest(
+        bench_bake,
+        server,
+        *("-n", "9", "--hold", "1", "--processes", "2"),
+        tmp_path=tmp_path,
+    )
+    assert status == 0, report
+    assert report["client_processes"] == 2
+    assert (report["opened"], report["held"], report["failed"]) == (9, 9, 0)
+    assert report["handshake_ms"]["count"] == 9
+    assert report["echo_ms"]["count"] == 9
+    assert report["server"]["same_processes"] is True
+    assert report["server"]["per_socket_bytes"] is not None
+
+
+@pytest.mark.slow
+def test_client_processes_add_up_their_refusals(bench_bake, start_server, tmp_path):
+    small = start_server(**SMALL_WORKER)
+    status, report = run_loadtest(
+        bench_bake,
+        small,
+        *("-n", "6", "--hold", "0", "--concurrency", "1", "--processes", "2"),
+        tmp_path=tmp_path,
+    )
+    assert status == 1
+    assert report["held"] == 2
+    assert report["failures"] == {"HTTP 503": 4}
+    assert report["open_at_first_failure"] == 2
+
+
+@pytest.mark.slow
+def test_the_first_failure_stops_the_ramp_of_every_client_process(
+    bench_bake, start_server, tmp_path
+):
+    small = start_server(**SMALL_WORKER)
+    status, report = run_loadtest(
+        bench_bake,
+        small,
+        *("-n", "40", "--hold", "0", "--concurrency", "2", "--processes", "2"),
+        "--stop-on-failure",
+        tmp_path=tmp_path,
+    )
+    assert status == 1
+    assert report["held"] == 2
+    # Each process has at most one handshake in flight when the first fails.
+    assert report["failures"]["HTTP 503"] in (1, 2), report["failures"]
+    assert report["opened"] + report["failed"] < 40
+
+
+@pytest.mark.slow
 def test_a_server_match_that_fits_two_servers_is_refused(bench_bake, start_server):
     server, other = start_server(), start_server()
     text = "gunicorn -c gunicorn.conf.py"

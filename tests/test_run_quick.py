@@ -71,6 +71,10 @@ def test_run_quick_measures_every_step_and_writes_the_page(tmp_path):
     # Both instances behind nginx took sockets.
     instances = cluster["report"]["service_metrics"]["instances"]
     assert all(one["connections"] > 0 for one in instances), instances
+    # The path a full run takes where one process may not hold every socket:
+    # nginx workers listening with reuseport, several client processes.
+    assert cluster["nginx"]["worker_processes"] == 2
+    assert cluster["report"]["client_processes"] == 2
     assert results["errors"] == []
     assert {row["section"] for row in results["sections"]} == {
         "echo",
@@ -85,4 +89,5 @@ def test_run_quick_measures_every_step_and_writes_the_page(tmp_path):
     assert "python benchmarks/run.py --quick" in page
     assert "| gevent: 20,000 sockets held" not in page  # the quick run's 100
     assert "| gevent: 100 sockets held across two instances" in page
+    assert "| 2, reuseport | 2 |" in page
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
