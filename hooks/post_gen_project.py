@@ -51,6 +51,9 @@ def unwanted_paths(answers):
             f"{package}/realtime/redis_user_sockets.py",
             "tests/test_redis.py",
         ),
+        # A gthread instance holds far fewer sockets than gunicorn's default
+        # accept queue.
+        ("worker_class", "gthread"): ("tests/test_accept_queue.py",),
         ("database", "sqlite"): (
             # `flask create-database`, and its tests.
             f"{package}/database.py",

@@ -77,6 +77,17 @@ worker_connections = settings.GUNICORN_WORKER_CONNECTIONS
 # code here reads it. The workers, forked from this process, inherit this.
 # https://www.gevent.org/configuration.html (track_greenlet_tree)
 gevent.config.track_greenlet_tree = False
+# The kernel's queue of connections that no worker has accepted yet. A
+# deploy's reconnect storm brings every client of the old gunicorn back at
+# once, more handshakes in a second than busy workers accept. When the queue
+# is full the kernel drops the client's next handshake packet (`nstat`
+# counts them as TcpExtListenOverflows) and the client waits for TCP to send
+# it again, 1 s later, then 3 s, 7 s..., while the workers may sit idle: room
+# for every socket this instance holds. gunicorn's default is 2048; the
+# kernel caps it at net.core.somaxconn (4096 unless raised; compose.yaml
+# raises it for the app, and docs/capacity.md says how on a host).
+# https://docs.gunicorn.org/en/stable/settings.html#backlog
+backlog = max(2048, workers * worker_connections)
 {%- endif %}
 
 # The worker's heartbeat to the master, not a limit on a request's length:
