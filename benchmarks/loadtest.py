@@ -97,6 +97,8 @@ SPARE_FILE_DESCRIPTORS = 256
 # Share of the ephemeral port range used per source address, leaving room for
 # every other connection this machine makes meanwhile.
 PORT_RANGE_SHARE = 0.9
+# (host, port) -> the address the sockets connect to (connected_socket).
+RESOLVED: dict[tuple[str, int], tuple] = {}
 # How often the progress bar redraws, on a terminal and in a log.
 REDRAW_SECONDS = {True: 0.2, False: 5.0}
 
@@ -448,6 +450,8 @@ def failure_reason(error: BaseException, step: str) -> str:
         return f"closed {error.code} ({step})"
     if isinstance(error, InvalidStatus):
         return f"HTTP {error.response.status_code}"
+    if isinstance(error, HandshakeRefused):
+        return f"HTTP {error.status}"
     if isinstance(error, ConnectionClosed):
         code = error.rcvd.code if error.rcvd else 1006
         return f"closed {code} ({step})"
@@ -458,15 +462,19 @@ def failure_reason(error: BaseException, step: str) -> str:
     return f"{type(error).__name__} ({step})"
 
 
-async def open_socket(plan: Plan, index: int) -> ClientConnection:
-    """TCP (from the next source address, when there are several), then the
-    WebSocket handshake."""
+async def connected_socket(plan: Plan, index: int) -> socket.socket:
+    """A TCP connection to the URL's host, from the next source address when
+    there are several."""
     parts = urlsplit(plan.url)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     loop = asyncio.get_running_loop()
-    family, kind, protocol, _, address = (
-        await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    )[0]
+    if (parts.hostname, port) not in RESOLVED:
+        # Once per run: asyncio resolves in a thread pool, a hand-off that
+        # thousands of sockets opened at once would each pay.
+        RESOLVED[parts.hostname, port] = (
+            await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        )[0]
+    family, kind, protocol, _, address = RESOLVED[parts.hostname, port]
     sock = socket.socket(family, kind, protocol)
     try:
         if plan.source_addresses:
@@ -478,6 +486,12 @@ async def open_socket(plan: Plan, index: int) -> ClientConnection:
     except BaseException:
         sock.close()
         raise
+    return sock
+
+
+async def open_socket(plan: Plan, index: int) -> ClientConnection:
+    """TCP, then the WebSocket handshake."""
+    sock = await connected_socket(plan, index)
     headers = {"Authorization": f"Bearer {plan.token}"} if plan.token else {}
     return await connect(
         plan.url,

@@ -809,15 +809,15 @@ def storm_table(rows: list[dict]) -> list[str]:
     lines = [
         "| round | sockets | all back and echoing | back, p50 / p99 after SIGTERM "
         "| storm's closes | not back | attempts refused or failed "
-        "| peak handshakes/s | client CPU |",
-        "| ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: |",
+        "| peak handshakes/s | client CPU | dropped by a full accept queue |",
+        "| ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: |",
     ]
     for row in rows:
         report = row["report"]
         if "error" in row:
             lines.append(
                 f"| {row['round']} | – | storm.py wrote no report "
-                f"({row['exit_status']}) | – | – | – | – | – | – |"
+                f"({row['exit_status']}) | – | – | – | – | – | – | – |"
             )
             continue
         if report.get("open_failures"):
@@ -825,7 +825,7 @@ def storm_table(rows: list[dict]) -> list[str]:
                 f"| {row['round']} | {report.get('opened', 0):,} of "
                 f"{report.get('sockets', 0):,} opened "
                 f"({failure_list(report['open_failures'])}): no storm "
-                "| – | – | – | – | – | – | – |"
+                "| – | – | – | – | – | – | – | – |"
             )
             continue
         back = report.get("back_seconds") or {}
@@ -846,7 +846,8 @@ def storm_table(rows: list[dict]) -> list[str]:
             f"{number(back.get('p99'), 1, ' s')} "
             f"| {codes} | {missing} | {refused} "
             f"| {report.get('peak_handshakes_per_second', '–')} "
-            f"| {percent(report.get('client_cpu_share'))} |"
+            f"| {percent(report.get('client_cpu_share'))} "
+            f"| {number(report.get('listen_overflows'))} |"
         )
     return lines
 
@@ -967,6 +968,15 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         f"| memory | {info['memory_gib']} GiB |",
         f"| system | {info['system']} |",
         f"| load average (1 min) | {results['load_before']:.2f} before the run |",
+        *(
+            [
+                f"| accept queue | net.core.somaxconn {info['somaxconn']:,} during "
+                "the run (the generated docs/capacity.md's setting): gunicorn's "
+                "queue holds every socket of an instance |"
+            ]
+            if info.get("somaxconn")
+            else []
+        ),
         *(
             [
                 f"| other work | {results['others_cpu_share']:.0%} of the machine's "

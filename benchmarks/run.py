@@ -866,6 +866,7 @@ STORM_FIELDS = (
     "failed_attempts_by_reason",
     "peak_handshakes_per_second",
     "client_cpu_share",
+    "listen_overflows",
     "load_before",
     "load_after",
 )
@@ -1120,6 +1121,40 @@ def start_redis(workdir: Path) -> Service:
     ).wait_until_listening()
 
 
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+# What the generated docs/capacity.md tells a host to set ("Accept queue").
+WANTED_SOMAXCONN = 65535
+
+
+def raise_somaxconn() -> int | None:
+    """Raise net.core.somaxconn, the kernel's cap on gunicorn's accept queue,
+    to what the generated docs/capacity.md says, when this process may (as
+    root); the value before, for restore_somaxconn, or None when unchanged.
+    Below a storm's size the queue drops handshakes, and the clients wait
+    for TCP's retries instead of the service's work."""
+    try:
+        before = int(SOMAXCONN.read_text())
+        if before < WANTED_SOMAXCONN:
+            SOMAXCONN.write_text(str(WANTED_SOMAXCONN))
+            return before
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def restore_somaxconn(before: int | None) -> None:
+    if before is not None:
+        with contextlib.suppress(OSError):
+            SOMAXCONN.write_text(str(before))
+
+
+def somaxconn() -> int | None:
+    try:
+        return int(SOMAXCONN.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def raise_open_file_limit() -> None:
     """Up to the hard limit, for this process and the servers it starts."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -1229,6 +1264,7 @@ def main() -> int:
             "error: redis-server and nginx are needed (Debian: redis-server nginx)"
         )
     raise_open_file_limit()
+    somaxconn_before = raise_somaxconn()
     scale = chosen_scale(arguments)
     classes = [c for c in arguments.worker_classes.split(",") if c]
     default = QUICK_SECTIONS if arguments.quick else SECTIONS
@@ -1248,7 +1284,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": template_commit(),
         "quick": arguments.quick,
-        "machine": machine(),
+        "machine": {**machine(), "somaxconn": somaxconn()},
         "scale": dataclasses.asdict(scale),
         "servers": {
             "workers": WORKERS,
@@ -1293,6 +1329,7 @@ def main() -> int:
                     measure = functools.partial(measures[name], variant, scale)
                     runner.run(worker_class, name, measure)
     finally:
+        restore_somaxconn(somaxconn_before)
         if arguments.keep:
             say(f"kept {workdir}")
         else:

@@ -12,7 +12,9 @@ bake with broadcast = redis. The per-user socket limit and the login limits
 are lifted, as run.py lifts them.
 
 Then it opens N sockets through nginx to /ws/echo with a bearer token fetched
-once up front, checks each with an echo, and restarts gunicorn as a deploy
+once up front (a lean client of its own, `LeanSocket`: raw frames on asyncio,
+so that the clients take as little of the shared cores as they can), checks
+each with an echo, and restarts gunicorn as a deploy
 does (see `restart`). With --takeover overlap (the default, the order the
 generated docs/production.md gives a deploy) a new gunicorn starts on the
 same port while the old one still serves (both listen with SO_REUSEPORT) and
@@ -348,12 +350,159 @@ class Storm:
     failed_attempts: Counter = field(default_factory=Counter)
     # Monotonic times of the handshakes that succeeded after SIGTERM.
     handshakes: list[float] = field(default_factory=list)
+    # The upgrade request every client sends (loadtest.upgrade_request).
+    request: bytes = b""
+
+
+# The opcodes of RFC 6455, section 5.2.
+TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
+# Client frames are masked (RFC 6455, section 5.3); the server only unmasks,
+# so one key does.
+MASK = b"\x5a\x3c\x96\x0f"
+# Seconds a client waits for the server to close the connection after it
+# answered the server's close frame.
+CLOSE_TIMEOUT = 10
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One whole frame from the client: FIN, `opcode`, masked `payload`."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 1 << 16:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        raise ValueError("a storm client sends short frames only")
+    key = (MASK * (length // 4 + 1))[:length]
+    body = int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
+    return header + MASK + body.to_bytes(length, "big")
+
+
+class LeanSocket(asyncio.Protocol):
+    """A client WebSocket that does what a storm's clients need and no more:
+    the upgrade (one prebuilt request with the bearer token), short text
+    messages both ways, a pong for every ping (the server pings idle
+    sockets), and the answer to the server's close frame, after which the
+    server closes the connection.
+
+    Ten thousand clients and the service share this machine's cores, and
+    websockets' client took about 1.5 ms of CPU per reconnection: close to
+    the service's own cost, so the client set much of the storm's pace. This
+    one takes a fraction of that (the report gives the client's CPU).
+    Frames from the server are whole messages here (echoes, pings, a close),
+    never fragmented or compressed: the client offers no extension."""
+
+    def __init__(self, request: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        self._request = request
+        self._buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = loop.create_future()
+        self.closed = loop.create_future()
+        self.close_code: int | None = None
+        self._reply: asyncio.Future | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if not self.upgraded.done():
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = int(self._buffer[:end].split(b" ", 2)[1])
+            del self._buffer[: end + 4]
+            if status != 101:
+                self.upgraded.set_exception(loadtest.HandshakeRefused(status))
+                self.transport.abort()
+                return
+            self.upgraded.set_result(None)
+        self._read_frames()
+
+    def _read_frames(self) -> None:
+        buffer = self._buffer
+        while len(buffer) >= 2:
+            opcode, length, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    return
+                length, start = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    return
+                length, start = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < start + length:
+                return
+            payload = bytes(buffer[start : start + length])
+            del buffer[: start + length]
+            self._frame(opcode, payload)
+
+    def _frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == PING:
+            self.transport.write(client_frame(PONG, payload))
+        elif opcode == CLOSE:
+            if self.close_code is None:
+                # 1005: a close frame without a code.
+                code = int.from_bytes(payload[:2], "big") if payload else 1005
+                self.close_code = code
+                self.transport.write(client_frame(CLOSE, payload[:2]))
+                # The server closes the connection next; if it does not, so
+                # does the client, as websockets' does after close_timeout.
+                asyncio.get_running_loop().call_later(
+                    CLOSE_TIMEOUT, self.transport.abort
+                )
+        elif opcode == TEXT and self._reply is not None and not self._reply.done():
+            self._reply.set_result(payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_code is None:
+            self.close_code = 1006  # closed without a close frame
+        for future in (self.upgraded, self._reply):
+            if future is not None and not future.done():
+                future.set_exception(loadtest.ConnectionClosedBy(self.close_code))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    async def echo(self, text: str, timeout: float) -> None:
+        """Send `text`, wait for it to come back."""
+        if self.closed.done():
+            raise loadtest.ConnectionClosedBy(self.close_code)
+        self._reply = asyncio.get_running_loop().create_future()
+        payload = text.encode()
+        self.transport.write(client_frame(TEXT, payload))
+        if await asyncio.wait_for(self._reply, timeout) != payload:
+            raise ValueError("echo mismatch")
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self.closed)
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+
+async def open_lean(plan: loadtest.Plan, index: int, request: bytes) -> LeanSocket:
+    """TCP, then the upgrade: the socket once the server answered 101."""
+    sock = await loadtest.connected_socket(plan, index)
+    loop = asyncio.get_running_loop()
+    try:
+        _, lean = await loop.create_connection(lambda: LeanSocket(request), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await lean.upgraded
+    except BaseException:
+        lean.abort()
+        raise
+    return lean
 
 
 @dataclass
 class Client:
     index: int
-    ws: object = None
+    ws: LeanSocket | None = None
     closed_at: float | None = None
     back_at: float | None = None
     attempts: int = 0
@@ -367,16 +516,16 @@ async def open_and_echo(storm: Storm, client: Client, text: str):
     step, ws = "handshake", None
     try:
         ws = await asyncio.wait_for(
-            loadtest.open_socket(plan, client.index), plan.timeout
+            open_lean(plan, client.index, storm.request), plan.timeout
         )
         if storm.sigterm_at:
             storm.handshakes.append(time.monotonic())
         step = "echo"
-        await loadtest.echo_once(ws, text, plan.timeout)
+        await ws.echo(text, plan.timeout)
         return ws
     except Exception as error:
         if ws is not None:
-            await loadtest.close_quietly(ws)
+            ws.abort()
         client.last_failure = loadtest.failure_reason(error, step)
         raise
 
@@ -561,8 +710,24 @@ def peak_per_second(times: list[float]) -> int:
     return peak
 
 
+def listen_overflows() -> int | None:
+    """Connections this machine dropped since it booted because an accept
+    queue was full (TcpExt ListenOverflows, every listening socket
+    together); None where /proc/net/netstat does not say."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table["ListenOverflows"]) if "ListenOverflows" in table else None
+    return None
+
+
 async def measure(variant, old, plan, arguments, progress, cpu: CpuWatch) -> dict:
     storm = Storm(plan, arguments.base, arguments.cap)
+    storm.request = loadtest.upgrade_request(plan.url, plan.token)
     clients = [Client(index) for index in range(plan.connections)]
     report: dict = {"sockets": plan.connections}
     opening = time.monotonic()
@@ -573,7 +738,7 @@ async def measure(variant, old, plan, arguments, progress, cpu: CpuWatch) -> dic
     if failures:
         for client in clients:
             if client.ws is not None:
-                await loadtest.close_quietly(client.ws)
+                client.ws.abort()
         return report
 
     ready_new = None
@@ -583,6 +748,7 @@ async def measure(variant, old, plan, arguments, progress, cpu: CpuWatch) -> dic
         cpu.watch("new gunicorn", ready_new[0].pid)
     lives = [asyncio.create_task(live(storm, client)) for client in clients]
     cpu.watch("old gunicorn", old.pid)
+    overflows_before = listen_overflows()
     cpu.begin()
     times = await restart(variant, old, storm, cpu, ready_new)
     deadline = storm.sigterm_at + arguments.deadline
@@ -598,6 +764,7 @@ async def measure(variant, old, plan, arguments, progress, cpu: CpuWatch) -> dic
         )
     ended = time.monotonic()
     used = cpu.end()
+    overflows_after = listen_overflows()
     for task in lives:
         task.cancel()
     for outcome in await asyncio.gather(*lives, return_exceptions=True):
@@ -655,6 +822,13 @@ async def measure(variant, old, plan, arguments, progress, cpu: CpuWatch) -> dic
             "handshakes": len(storm.handshakes),
             "peak_handshakes_per_second": peak_per_second(storm.handshakes),
             "peak_attempts_per_second": peak_per_second(storm.attempt_times),
+            # Handshakes a full accept queue dropped (nginx's or gunicorn's),
+            # each client of them waiting for TCP to try again.
+            "listen_overflows": (
+                overflows_after - overflows_before
+                if None not in (overflows_before, overflows_after)
+                else None
+            ),
             # Second by second from SIGTERM, to see the storm's shape.
             "by_second": {
                 "attempts": per_second(storm.attempt_times, sigterm),
@@ -674,7 +848,7 @@ async def measure(variant, old, plan, arguments, progress, cpu: CpuWatch) -> dic
     # the servers are stopped next anyway.
     for client in clients:
         if client.ws is not None:
-            client.ws.transport.abort()
+            client.ws.abort()
     return report
 
 
@@ -723,6 +897,11 @@ def print_summary(report: dict) -> None:
         f"backoff     full jitter, base {report['backoff']['base']} s, "
         f"cap {report['backoff']['cap']} s",
     ]
+    if report.get("listen_overflows") is not None:
+        lines.append(
+            f"queues      {report['listen_overflows']} connections dropped by a full "
+            f"accept queue (net.core.somaxconn {report.get('somaxconn')})"
+        )
     if report["failed_attempts_by_reason"]:
         reasons = report["failed_attempts_by_reason"].items()
         lines.append("refusals    " + ", ".join(f"{k}: {v}" for k, v in reasons))
@@ -819,6 +998,7 @@ def main(argv=None) -> int:
     # client needs: a client's old socket is closed before it tries again.
     bench.raise_open_file_limit()
     loadtest.raise_open_file_limit(n + loadtest.SPARE_FILE_DESCRIPTORS)
+    somaxconn_before = bench.raise_somaxconn()
     workdir = Path(tempfile.mkdtemp(prefix="storm-"))
     last_line = [0.0]
 
@@ -840,8 +1020,10 @@ def main(argv=None) -> int:
         },
         "cores": os.cpu_count(),
         "load_before": os.getloadavg()[0],
+        "somaxconn": bench.somaxconn(),
     }
     with contextlib.ExitStack() as stack:
+        stack.callback(bench.restore_somaxconn, somaxconn_before)
         if not arguments.keep:
             stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         redis_url = "redis://127.0.0.1:6379/0"  # the default; memory bakes ignore it

@@ -802,7 +802,8 @@ def test_the_targets_give_the_median_the_range_and_whether_it_is_stable(tmp_path
     ]
     assert "| gevent | reconnect storm | 5.0 | 12% | 0.5, 1.5 |" in lines
     assert (
-        "| 1 | 20,000 | 20,000 | none | 10,001 + 9,999 | 400 | 40.0 KB | 21.0 KB |"
+        "| 1 | 20,000 | 20,000 | none | 10,001 + 9,999 | 400 | 40.0 KB | 21.0 KB "
+        "| one per core | 1 |"
     ) in lines
 
 
@@ -830,7 +831,7 @@ def test_a_storm_round_that_did_not_bring_everyone_back_fails_the_target(
     )
     assert (
         "| 5 | 10,000 | not within 60 s | 3.0 s / 9.0 s | 1001: 10,000 "
-        "| last attempt: HTTP 503: 10 | 12 (HTTP 502: 12) | 800 | 50% |"
+        "| last attempt: HTTP 503: 10 | 12 (HTTP 502: 12) | 800 | 50% | – |"
     ) in lines
 
 
@@ -873,5 +874,5 @@ def test_a_storm_round_without_a_report_counts_as_failed(tmp_path):
     )
     assert (
         "| 5 | – | storm.py wrote no report (timed out after 460 s) "
-        "| – | – | – | – | – | – |"
+        "| – | – | – | – | – | – | – |"
     ) in lines
