@@ -523,8 +523,8 @@ def nginx_class(bake: Bake):
             # connections among them by their addresses.
             return module.replace_once(
                 text,
-                rf"^[ \t]*listen\s+127\.0\.0\.1:{self.port};",
-                f"    listen 127.0.0.1:{self.port} reuseport;",
+                rf"^[ \t]*listen\s+127\.0\.0\.1:{self.port}(?=[\s;])",
+                f"    listen 127.0.0.1:{self.port} reuseport",
             )
 
         @property

@@ -641,7 +641,7 @@ def test_plain_http_redirects_to_https_except_health_and_acme(baked):
 def test_https_server_has_mozilla_intermediate_tls_and_hsts(baked):
     nginx = load_generated_nginx_helper(baked().project_path)
     https = server_blocks(nginx.render_server_block())["443"]
-    assert re.search(r"^    listen 443 ssl;$", https, re.M)
+    assert re.search(r"^    listen 443 ssl backlog=65535;", https, re.M)
     directives = dict(re.findall(r"^    (ssl_\w+) (.+);$", https, re.M))
     # https://ssl-config.mozilla.org/ guidelines 6.0, "intermediate".
     assert directives["ssl_protocols"] == "TLSv1.2 TLSv1.3"

@@ -257,8 +257,9 @@ class Nginx:
             rf"^[ \t]*server\s+{re.escape(upstreams[0])};",
             "".join(f"    server {upstream};\n" for upstream in upstreams).rstrip(),
         )
+        # The address only: the listen parameters (backlog) stay.
         text = replace_once(
-            text, r"^[ \t]*listen\s+80;", f"    listen 127.0.0.1:{self.port};"
+            text, r"^[ \t]*listen\s+80(?=[\s;])", f"    listen 127.0.0.1:{self.port}"
         )
         text = replace_once(
             text, rf"root\s+{re.escape(ACME_WEBROOT)};", f"root {self.acme_webroot};"
@@ -266,8 +267,8 @@ class Nginx:
         if self.certs:
             text = replace_once(
                 text,
-                r"^[ \t]*listen\s+443\s+ssl;",
-                f"    listen 127.0.0.1:{self.tls_port} ssl;",
+                r"^[ \t]*listen\s+443\s+ssl(?=[\s;])",
+                f"    listen 127.0.0.1:{self.tls_port} ssl",
             )
             return text.replace(CERTS, f"{self.certs}/")
         # TLS ends in front of nginx: the HTTPS server goes, and plain HTTP
