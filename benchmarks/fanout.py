@@ -53,8 +53,6 @@ PAUSE_SECONDS = 0.5
 COUNTED_SECONDS = 10
 # The labels the sender sends, as they appear in what a subscriber receives.
 LABEL = re.compile(rb"join-[0-9a-f]{8}|fanout-[0-9]+-[0-9a-f]{8}")
-# A client's frames are masked; the mask may be any four bytes.
-MASK = b"\x5a\x17\xc3\x09"
 
 
 def sockets_per_worker(master: int, port: int) -> dict[int, int]:
@@ -170,7 +168,7 @@ class Subscriber(asyncio.Protocol):
         self.request = request
         self.listening = listening
         self.upgraded: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.buffer = b""
+        self.buffer = bytearray()
         self.seen: set[bytes] = set()
         self.transport = None
         self.closed = False
@@ -182,42 +180,23 @@ class Subscriber(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         if not self.upgraded.done():
-            head, found, rest = self.buffer.partition(b"\r\n\r\n")
-            if not found:
+            status = loadtest.upgrade_status(self.buffer)
+            if status is None:
                 return
-            status = head.split(b" ", 2)[1].decode()
-            if status != "101":
-                self.upgraded.set_exception(loadtest.HandshakeRefused(int(status)))
+            if status != 101:
+                self.upgraded.set_exception(loadtest.HandshakeRefused(status))
                 self.transport.close()
                 return
             self.upgraded.set_result(None)
-            self.buffer = rest
-        self.read_frames()
-
-    def read_frames(self) -> None:
-        buffer, now = self.buffer, None
-        while len(buffer) >= 2:
-            opcode, length, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
-            if length == 126:
-                if len(buffer) < 4:
-                    break
-                length, start = int.from_bytes(buffer[2:4], "big"), 4
-            elif length == 127:
-                if len(buffer) < 10:
-                    break
-                length, start = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < start + length:
-                break
-            payload = buffer[start : start + length]
-            buffer = buffer[start + length :]
+        now = None
+        for opcode, payload in loadtest.server_frames(self.buffer):
             if opcode == 0x9:  # ping: a pong with the same payload
-                self.transport.write(masked(0xA, payload))
+                self.transport.write(loadtest.client_frame(0xA, payload))
             elif opcode == 0x8:
                 self.closed = True
             elif opcode in (0x0, 0x1):
                 now = now or time.perf_counter()
                 self.listening.hear(payload, self.seen, now)
-        self.buffer = buffer
 
     def connection_lost(self, error) -> None:
         self.closed = True
@@ -226,14 +205,8 @@ class Subscriber(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport and not self.transport.is_closing():
-            self.transport.write(masked(0x8, (1000).to_bytes(2, "big")))
+            self.transport.write(loadtest.client_frame(0x8, (1000).to_bytes(2, "big")))
             self.transport.close()
-
-
-def masked(opcode: int, payload: bytes) -> bytes:
-    """A client's frame (short payloads only: pongs and a close)."""
-    body = bytes(byte ^ MASK[i % 4] for i, byte in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + MASK + body
 
 
 async def subscribe(host: str, port: int, request: bytes, listening) -> Subscriber:

@@ -878,6 +878,58 @@ def run_in_processes(plan: Plan, progress: Progress, count: int) -> Results:
     return results
 
 
+# --- raw WebSocket frames, for the lean clients (storm.py, fanout.py) ---------
+
+# Client frames are masked (RFC 6455, section 5.3); the server only unmasks,
+# so one key does.
+MASK = b"\x5a\x3c\x96\x0f"
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One whole frame from the client: FIN, `opcode`, masked `payload`."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 1 << 16:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        raise ValueError("the lean clients send short frames only")
+    key = (MASK * (length // 4 + 1))[:length]
+    body = int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
+    return header + MASK + body.to_bytes(length, "big")
+
+
+def upgrade_status(buffer: bytearray) -> int | None:
+    """The status of the answer to the upgrade, taken off the front of
+    `buffer` with the rest of its head; None until the head is whole."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    status = int(buffer[:end].split(b" ", 2)[1])
+    del buffer[: end + 4]
+    return status
+
+
+def server_frames(buffer: bytearray):
+    """Each whole frame at the front of `buffer`, as (opcode, payload), taken
+    off it; a frame still arriving stays. The server's frames are unmasked."""
+    while len(buffer) >= 2:
+        opcode, length, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+        if length == 126:
+            if len(buffer) < 4:
+                return
+            length, start = int.from_bytes(buffer[2:4], "big"), 4
+        elif length == 127:
+            if len(buffer) < 10:
+                return
+            length, start = int.from_bytes(buffer[2:10], "big"), 10
+        if len(buffer) < start + length:
+            return
+        payload = bytes(buffer[start : start + length])
+        del buffer[: start + length]
+        yield opcode, payload
+
+
 # --- handshakes per second ----------------------------------------------------
 
 # A client's close frame: FIN + close, masked, two bytes of payload (1000).

@@ -356,26 +356,9 @@ class Storm:
 
 # The opcodes of RFC 6455, section 5.2.
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
-# Client frames are masked (RFC 6455, section 5.3); the server only unmasks,
-# so one key does.
-MASK = b"\x5a\x3c\x96\x0f"
 # Seconds a client waits for the server to close the connection after it
 # answered the server's close frame.
 CLOSE_TIMEOUT = 10
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """One whole frame from the client: FIN, `opcode`, masked `payload`."""
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x80 | opcode, 0x80 | length))
-    elif length < 1 << 16:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
-    else:
-        raise ValueError("a storm client sends short frames only")
-    key = (MASK * (length // 4 + 1))[:length]
-    body = int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
-    return header + MASK + body.to_bytes(length, "big")
 
 
 class LeanSocket(asyncio.Protocol):
@@ -409,45 +392,26 @@ class LeanSocket(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if not self.upgraded.done():
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
+            status = loadtest.upgrade_status(self._buffer)
+            if status is None:
                 return
-            status = int(self._buffer[:end].split(b" ", 2)[1])
-            del self._buffer[: end + 4]
             if status != 101:
                 self.upgraded.set_exception(loadtest.HandshakeRefused(status))
                 self.transport.abort()
                 return
             self.upgraded.set_result(None)
-        self._read_frames()
-
-    def _read_frames(self) -> None:
-        buffer = self._buffer
-        while len(buffer) >= 2:
-            opcode, length, start = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
-            if length == 126:
-                if len(buffer) < 4:
-                    return
-                length, start = int.from_bytes(buffer[2:4], "big"), 4
-            elif length == 127:
-                if len(buffer) < 10:
-                    return
-                length, start = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < start + length:
-                return
-            payload = bytes(buffer[start : start + length])
-            del buffer[: start + length]
+        for opcode, payload in loadtest.server_frames(self._buffer):
             self._frame(opcode, payload)
 
     def _frame(self, opcode: int, payload: bytes) -> None:
         if opcode == PING:
-            self.transport.write(client_frame(PONG, payload))
+            self.transport.write(loadtest.client_frame(PONG, payload))
         elif opcode == CLOSE:
             if self.close_code is None:
                 # 1005: a close frame without a code.
                 code = int.from_bytes(payload[:2], "big") if payload else 1005
                 self.close_code = code
-                self.transport.write(client_frame(CLOSE, payload[:2]))
+                self.transport.write(loadtest.client_frame(CLOSE, payload[:2]))
                 # The server closes the connection next; if it does not, so
                 # does the client, as websockets' does after close_timeout.
                 asyncio.get_running_loop().call_later(
@@ -471,7 +435,7 @@ class LeanSocket(asyncio.Protocol):
             raise loadtest.ConnectionClosedBy(self.close_code)
         self._reply = asyncio.get_running_loop().create_future()
         payload = text.encode()
-        self.transport.write(client_frame(TEXT, payload))
+        self.transport.write(loadtest.client_frame(TEXT, payload))
         if await asyncio.wait_for(self._reply, timeout) != payload:
             raise ValueError("echo mismatch")
 
