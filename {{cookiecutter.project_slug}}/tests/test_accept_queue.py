@@ -37,6 +37,22 @@ def test_a_burst_of_connections_waits_in_the_queue_until_the_workers_take_it(
     server = start_server(**settings)
     request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     sockets: dict[int, socket.socket] = {}
+    try:
+        answers = queue_then_answer(server, sockets, burst, request)
+    finally:
+        for sock in sockets.values():
+            sock.close()
+    statuses = Counter(
+        answer.split(b" ", 2)[1] if answer else b"closed unanswered"
+        for answer in answers.values()
+    )
+    assert statuses == {b"200": burst}
+
+
+def queue_then_answer(server, sockets: dict, burst: int, request: bytes) -> dict:
+    """Open `burst` connections (into `sockets`) while the workers are
+    stopped, wait until the kernel has queued each one, send `request` on
+    each; then let the workers go on and wait for every answer."""
     stopped = server.worker_pids()
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)
@@ -75,19 +91,15 @@ def test_a_burst_of_connections_waits_in_the_queue_until_the_workers_take_it(
 
     def all_answered() -> bool:
         for fd, _ in poll.poll(0):
-            answers[fd] += sockets[fd].recv(65536)
-            if whole_response(answers[fd]) or not answers[fd]:
+            data = sockets[fd].recv(65536)
+            answers[fd] += data
+            if whole_response(answers[fd]) or not data:
                 poll.unregister(fd)
                 waiting.discard(fd)
         return not waiting
 
-    try:
-        wait_until(all_answered, 60, "an answer to every queued request")
-    finally:
-        for sock in sockets.values():
-            sock.close()
-    statuses = Counter(answer.split(b" ", 2)[1] for answer in answers.values())
-    assert statuses == {b"200": burst}
+    wait_until(all_answered, 60, "an answer to every queued request")
+    return answers
 
 
 def whole_response(data: bytes) -> bool:
