@@ -252,7 +252,10 @@ def test_client_processes_add_up_their_refusals(bench_bake, start_server, tmp_pa
     assert status == 1
     assert report["held"] == 2
     assert report["failures"] == {"HTTP 503": 4}
-    assert report["open_at_first_failure"] == 2
+    # A socket counts as open once its echo came back. When the first 503
+    # comes, the other process's second socket may be admitted with its echo
+    # still on the way (seen once on a loaded machine): one or two.
+    assert report["open_at_first_failure"] in (1, 2)
 
 
 @pytest.mark.slow
