@@ -324,20 +324,28 @@ def read_metrics_into(results: Results, url: str, moment: str) -> None:
 # --- the limits of one client process ----------------------------------------
 
 
-def raise_open_file_limit(needed: int) -> None:
+def open_file_limit(needed: int) -> int:
+    """Raise this process's open-file limit toward `needed`, the hard limit
+    too where it may (as root); the limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        try:  # only root may raise the hard limit
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
-            return
-        except (ValueError, OSError):
-            sys.exit(
-                f"error: {needed} open files are needed and the limit is {hard}; "
-                f"raise it first (as root: ulimit -Hn {needed}; ulimit -n {needed})"
-            )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return needed
+    try:
+        high = hard if hard == resource.RLIM_INFINITY else max(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, high))
+    except (ValueError, OSError):  # only root may raise the hard limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return needed if limit == resource.RLIM_INFINITY else limit
+
+
+def raise_open_file_limit(needed: int) -> None:
+    limit = open_file_limit(needed)
+    if limit < needed:
+        sys.exit(
+            f"error: {needed} open files are needed and the limit is {limit}; "
+            f"raise it first (as root: ulimit -Hn {needed}; ulimit -n {needed})"
+        )
 
 
 def ephemeral_port_count() -> int:
@@ -745,16 +753,7 @@ def client_processes(connections: int, wanted: int | None) -> int:
     """How many processes the sockets need: raise the open-file limit toward
     what one process would need, then share them among as many as the limit
     allows (each inherits it)."""
-    needed = connections + SPARE_FILE_DESCRIPTORS
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        try:  # only root may raise the hard limit
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(needed, hard)))
-        except (ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if limit == resource.RLIM_INFINITY:
-        limit = needed
+    limit = open_file_limit(connections + SPARE_FILE_DESCRIPTORS)
     usable = limit - SPARE_FILE_DESCRIPTORS
     count = wanted or max(1, math.ceil(connections / max(usable, 1)))
     if count > connections:
