@@ -21,10 +21,8 @@ path of one handshake, in order, and where each step lives:
    connections.py). Then the session turns read-only.
 4. Flask-Sock answers 101. simple-websocket starts the socket's reader through
    `websocket_reader` (connections.py), which puts an `Outbox` (outbox.py)
-   between the socket and every write.
-{%- if cookiecutter.worker_class == "gevent" %} The worker's `Pinger`
+   between the socket and every write. The worker's `Pinger`
    (connections.py), not the reader, pings the socket every WS_PING_INTERVAL.
-{%- endif %}
 5. `login_required` checks the login again, a second lock.
 6. `websocket_handler` (connections.py) wraps the socket in a `Connection`,
    counted for the shutdown close and for revocations (revocations.py).
@@ -43,11 +41,7 @@ this project uses.
 from flask import Flask
 
 from .. import metrics
-{%- if cookiecutter.worker_class == "gevent" %}
 from .connections import OpenConnections, Pinger, websocket_reader
-{%- else %}
-from .connections import OpenConnections, websocket_reader
-{%- endif %}
 from .guards import before_websocket_handshake, release_places
 {%- if cookiecutter.broadcast == "redis" %}
 from .hub import Hub
@@ -77,11 +71,9 @@ def init_app(app: Flask) -> None:
     )
     # Each worker's share; /metrics adds up the workers alive.
     metrics.WEBSOCKET_CAPACITY.set(connections.capacity)
-{%- if cookiecutter.worker_class == "gevent" %}
-    # One greenlet pings every socket of the worker, instead of each reader.
+    # One {% if cookiecutter.worker_class == "gevent" %}greenlet{% else %}thread{% endif %} pings every socket of the worker, instead of each reader.
     if interval := app.config["SOCK_SERVER_OPTIONS"].get("ping_interval"):
         app.extensions["pinger"] = Pinger(connections, interval, app.logger)
-{%- endif %}
     # Both ways a revocation reaches this worker close the user's sockets here.
     close_revoked = closer(connections, app.logger)
     hub.on_revoke(close_revoked)

@@ -3,10 +3,6 @@ against the worker's capacity, a close when their user's credentials are
 revoked, and a clean close when the worker stops."""
 
 import _thread
-{%- if cookiecutter.worker_class == "gthread" %}
-import math
-import select
-{%- endif %}
 import threading
 import time
 from contextlib import suppress
@@ -19,9 +15,7 @@ import gevent
 from flask import current_app, g, request
 from flask_login import current_user
 from simple_websocket import ConnectionClosed
-{%- if cookiecutter.worker_class == "gevent" %}
 from wsproto.events import Ping
-{%- endif %}
 from wsproto.utilities import LocalProtocolError
 
 from .. import metrics
@@ -82,16 +76,14 @@ ENVIRON_KEPT = frozenset(
 # answer the close; then the connection is cut. The same as the close timeout
 # of the `websockets` client library.
 CLOSE_TIMEOUT = 10
-{%- if cookiecutter.worker_class == "gevent" %}
 
 # The worker's `Pinger` goes round its sockets in this many turns per
 # WS_PING_INTERVAL, so that thousands are not pinged in one go.
 PING_TURNS = 10
-# Sockets pinged before the pinger lets the worker's other greenlets run.
+# Sockets pinged before the pinger lets the worker's other work run.
 PINGS_AT_ONCE = 100
 # The reason simple-websocket gives when it closes a socket for this.
 PING_TIMEOUT = "Ping/Pong timeout"
-{%- endif %}
 
 
 def websocket_reader(target) -> threading.Thread:
@@ -111,15 +103,10 @@ def websocket_reader(target) -> threading.Thread:
     ws = target.__self__
     outbox = Outbox(ws.sock)
     ws.sock = outbox
-{%- if cookiecutter.worker_class == "gevent" %}
     if current_app.extensions.get("pinger") is not None:
         # Read by the loop when it starts: the worker's `Pinger` pings this
         # socket, and the loop waits in a plain `recv`.
         ws.ping_interval = None
-{%- else %}
-    # Read by the loop when it starts, to wait between pings.
-    ws.selector_class = ReadableWait
-{%- endif %}
 
     def read_then_wake() -> None:
         try:
@@ -165,16 +152,21 @@ class ReaderThread:
         _thread.start_new_thread(self._run, ())
 
 
-{% if cookiecutter.worker_class == "gevent" -%}
 class Pinger:
     """Pings every open socket of the worker once per `interval`, from one
+{%- if cookiecutter.worker_class == "gevent" %}
     greenlet, and closes with 1008 a socket whose client has not answered the
+{%- else %}
+    thread, and closes with 1008 a socket whose client has not answered the
+{%- endif %}
     last ping when the next is due: simple-websocket's own check, which it
     would make from each socket's reader.
 
-    A reader that pings waits for the client in a poll with a timeout, and
-    its parked stack costs 1.5 KB more per socket under gevent than one that
-    waits in a plain `recv` (measured in the template's benchmarks).
+    A reader that pings waits for its client in a poll with a timeout before
+    every read: a system call more per message received (about 25 µs of
+    worker CPU under gthread, 50 µs under gevent, where its parked stack also
+    costs 1.5 KB more per socket; measured in the template's benchmarks).
+    Here the reader waits in a plain `recv`.
     """
 
     def __init__(
@@ -188,7 +180,7 @@ class Pinger:
 
     def start(self) -> None:
         """From the worker's first socket on: never before gunicorn forks, as
-        a thread (a greenlet here) does not survive the fork."""
+        a thread does not survive the fork."""
         if self._started:
             return
         with self._start_lock:
@@ -211,39 +203,7 @@ class Pinger:
                 except Exception:  # one socket's fault must not stop the pings
                     self._logger.exception("pinging a WebSocket failed")
                 if number % PINGS_AT_ONCE == 0:
-                    time.sleep(0)  # the worker's other greenlets run
-{%- else -%}
-class ReadableWait:
-    """The selector simple-websocket's read loop waits in when it sends pings:
-    until its one socket is readable, or the next ping is due.
-
-    `selectors.DefaultSelector`, its default, serves any number of sockets
-    with maps, keys and an epoll instance of its own (a file descriptor per
-    socket), and one is kept for every open socket. A poll object does the
-    same for one socket. (Under gevent, the worker's `Pinger` pings, and the
-    loop waits in a plain `recv`.)
-    """
-
-    __slots__ = ("_poll",)
-
-    def __init__(self) -> None:
-        self._poll = select.poll()
-
-    def register(self, fileobj, events: int, data=None) -> None:
-        self._poll.register(fileobj, select.POLLIN)
-
-    def select(self, timeout: float | None = None) -> list:
-        """Empty when the timeout passed first; the socket's events otherwise
-        (a hang-up or an error too: the next read finds out which)."""
-        if timeout is not None:
-            # As selectors.PollSelector: milliseconds, rounded up, so that
-            # it does not wake just before the ping is due.
-            timeout = math.ceil(max(timeout, 0) * 1e3)
-        return self._poll.poll(timeout)
-
-    def close(self) -> None:
-        pass
-{%- endif %}
+                    time.sleep(0)  # the worker's other {% if cookiecutter.worker_class == "gevent" %}greenlets{% else %}threads{% endif %} run
 
 
 class Connection:
@@ -356,8 +316,6 @@ class Connection:
         self.close(GOING_AWAY, reason)
         self._outbox.end_sending()
 
-{%- if cookiecutter.worker_class == "gevent" %}
-
     def ping(self) -> None:
         """The worker's `Pinger`: ping the client, or, when the last ping got no
         answer, close with 1008 and cut the connection: a client that does not
@@ -372,7 +330,6 @@ class Connection:
         ws.pong_received = False
         with self._lock, suppress(OSError, LocalProtocolError):
             self._outbox.send(ws.ws.send(Ping()))
-{%- endif %}
 
     def finish(self) -> int:
         """The handler is done: close the socket if it is open, give the client
@@ -512,13 +469,10 @@ class OpenConnections:
             connection.close(POLICY_VIOLATION, CREDENTIALS_REVOKED)
         return len(revoked)
 
-{%- if cookiecutter.worker_class == "gevent" %}
-
     def in_turn(self, turn: int, turns: int) -> list[Connection]:
         """The sockets whose turn `turn` is, of `turns`: each has one."""
         with self._lock:
             return [c for c in self._open if hash(c) % turns == turn]
-{%- endif %}
 
     def oldest_credential_versions(self) -> dict[int, int]:
         """{user id: the oldest credential version among their sockets here}"""
@@ -605,10 +559,8 @@ def websocket_handler(handler):
         if g.pop("websocket_handshake", False):
             registry.end_handshake()
         current_app.extensions["credential_check"].start()
-{%- if cookiecutter.worker_class == "gevent" %}
         if pinger := current_app.extensions.get("pinger"):
             pinger.start()
-{%- endif %}
         open_now = metrics.WEBSOCKET_CONNECTIONS.labels(route)
         open_now.inc()
         opened_at = time.monotonic()

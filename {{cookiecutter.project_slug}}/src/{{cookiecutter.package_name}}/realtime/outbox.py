@@ -9,7 +9,7 @@ Under gevent the same write can also send part of a frame and drop the rest.
 An `Outbox` takes the socket's place inside simple-websocket (`ws.sock`).
 Reads go to the socket as before. Every frame written goes out at once as far
 as the kernel takes it: the handler's replies, the hub's deliveries, pings
-(simple-websocket's own, or under gevent the worker's `Pinger`'s), pongs and
+(the worker's `Pinger`'s, or simple-websocket's own), pongs and
 closes. The rest waits in this socket's queue, and a writer of its own (a
 thread, a greenlet under gevent) sends it as the client reads. `backlog` says
 how far the client is behind; `Connection` closes it with 1008 when that
