@@ -24,6 +24,12 @@ service. Then, for each target:
   handshake (`CATEGORIES`) and turned into CPU microseconds per handshake or
   per message with the workers' measured CPU.
 
+`--floor STEPS` (token, user, count, comma-separated; may be repeated) also
+times benchmarks/floor_app.py, straight and behind the bake's nginx: the
+baseline plus only those steps of an authenticated, per-user-limited
+handshake, the least any service with the generated one's guarantees must do.
+`--steps` times only the steps it names.
+
 Why py-spy and not pyinstrument: pyinstrument profiles the thread it is
 started in; a gthread worker serves each socket from a pool thread plus a
 reader thread of simple-websocket's, so a profiler started in
@@ -251,6 +257,7 @@ class Bench:
         )
         self.bin = bake / ".venv" / "bin"
         self.processes: list[subprocess.Popen] = []
+        self.nginx_processes = []
         self.redis_port = free_port()
         redis = subprocess.Popen(
             [
@@ -313,7 +320,12 @@ class Bench:
         return ["-k", "gevent", "--worker-connections", str(WORKER_CONNECTIONS)]
 
     def baseline(self):
-        command = [
+        env = {**os.environ, "REDIS_URL": self.settings["REDIS_URL"]}
+        command = self.baseline_command("baseline_app:app")
+        return self.start(command, BENCHMARKS, env, "baseline")
+
+    def baseline_command(self, app: str) -> list:
+        return [
             self.bin / "gunicorn",
             *self.worker_options(),
             "--workers",
@@ -327,10 +339,27 @@ class Bench:
             "--no-control-socket",
             "--bind",
             "127.0.0.1:{port}",
-            "baseline_app:app",
+            app,
         ]
-        env = {**os.environ, "REDIS_URL": self.settings["REDIS_URL"]}
-        return self.start(command, BENCHMARKS, env, "baseline")
+
+    def floor(self, steps: str):
+        """benchmarks/floor_app.py with FLOOR_STEPS=steps, gunicorn as the
+        baseline's; returns (process, port, token)."""
+        secret = secrets.token_urlsafe(32)
+        command = [str(c) for c in self.baseline_command("floor_app:app")]
+        env = {
+            **os.environ,
+            "REDIS_URL": self.settings["REDIS_URL"],
+            "FLOOR_STEPS": steps,
+            "FLOOR_SECRET": secret,
+            "FLOOR_DATABASE": str(self.workdir / f"floor-{len(self.processes)}.db"),
+        }
+        process, port = self.start(
+            command, BENCHMARKS, env, f"floor-{steps.replace(',', '-')}"
+        )
+        from floor_app import make_token  # needs itsdangerous: the bake's python
+
+        return process, port, make_token(secret)
 
     def service(self, **extra):
         command = [
@@ -352,7 +381,7 @@ class Bench:
             NGINX_AUTH_RATE="1000r/s",
             NGINX_AUTH_BURST="100000",
         ).start()
-        self.nginx_process = nginx
+        self.nginx_processes.append(nginx)
         return nginx
 
     def token(self, port: int) -> str:
@@ -366,8 +395,8 @@ class Bench:
             return json.load(answer)["token"]
 
     def close(self):
-        if getattr(self, "nginx_process", None):
-            self.nginx_process.stop()
+        for nginx in self.nginx_processes:
+            nginx.stop()
         for process in reversed(self.processes):
             stop(process)
 
@@ -392,7 +421,13 @@ def measure(step, server_pids, proxy_pids) -> dict:
 
 
 def steps(args):
-    """(name, units, coroutine factory taking (port, path, token))"""
+    """(name, units, coroutine factory taking (port, path, token)), the ones
+    `--steps` names or all."""
+    chosen = args.steps.split(",") if args.steps else None
+    return [step for step in all_steps(args) if chosen is None or step[0] in chosen]
+
+
+def all_steps(args):
     return [
         (
             "handshakes_concurrent",
@@ -562,6 +597,18 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--sockets", type=int, default=100)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        metavar="STEPS",
+        help="also measure floor_app.py with these FLOOR_STEPS "
+        "(e.g. token,user,count); may be given more than once",
+    )
+    parser.add_argument(
+        "--steps",
+        help="only these steps, comma-separated (e.g. handshakes_concurrent)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pf-profile-"))
@@ -585,6 +632,25 @@ def main() -> None:
             "service": (service_port, "/ws/echo", token, service_workers, []),
             "nginx": (nginx.port, "/ws/echo", token, service_workers, nginx_pids),
         }
+        for floor_steps in args.floor:
+            floor, floor_port, floor_token = bench.floor(floor_steps)
+            floor_workers = children(floor.pid)
+            targets[f"floor[{floor_steps}]"] = (
+                floor_port,
+                "/ws/echo",
+                floor_token,
+                floor_workers,
+                [],
+            )
+            # The same generated nginx in front, as the service's.
+            floor_nginx = bench.nginx(floor_port)
+            targets[f"floor[{floor_steps}] via nginx"] = (
+                floor_nginx.port,
+                "/ws/echo",
+                floor_token,
+                floor_workers,
+                [floor_nginx.process.pid, *children(floor_nginx.process.pid)],
+            )
         # Warm up: imports, pools, the first request of each worker.
         for port, path, tok, _, _ in targets.values():
             asyncio.run(handshakes(port, path, tok, 50, 5))
@@ -600,6 +666,17 @@ def main() -> None:
                         flush=True,
                     )
             report["rounds"].append(row)
+        # Every socket a floor counted in was counted out as it closed.
+        report["floor_counted_at_the_end"] = {
+            name: int(
+                urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/count", timeout=30
+                ).read()
+            )
+            for name, (port, *_) in targets.items()
+            if name.startswith("floor[") and not name.endswith(" via nginx")
+        }
+        print(f"floor sockets still counted: {report['floor_counted_at_the_end']}")
         if not args.no_profile:
             for target in ("baseline", "service"):
                 port, path, tok, server, _ = targets[target]

@@ -29,6 +29,7 @@ from test_generated_suite import locked_venv, run_step
 LOADTEST = TEMPLATE_DIR / "benchmarks" / "loadtest.py"
 FANOUT = TEMPLATE_DIR / "benchmarks" / "fanout.py"
 SERVICE_METRICS = TEMPLATE_DIR / "benchmarks" / "service_metrics.py"
+PROFILE_HANDSHAKE = TEMPLATE_DIR / "benchmarks" / "profile_handshake.py"
 # A full run's results.json as report.py reads it, from before run.py read
 # the service's /metrics: fixed here, so that a new run's results do not
 # change what the page tests expect.
@@ -879,3 +880,52 @@ def test_a_storm_round_without_a_report_counts_as_failed(tmp_path):
         "| 5 | – | storm.py wrote no report (timed out after 460 s) "
         "| – | – | – | – | – | – | – |"
     ) in lines
+
+
+@pytest.fixture(scope="module")
+def redis_gevent_bake(cookies_session):
+    """A gevent bake with broadcast = redis, as run.py and profile_handshake.py
+    bake it (the baseline's chat and the floor use redis-py): its path."""
+    uv = shutil.which("uv")
+    require(uv is not None, "uv is not installed")
+    answers = {"worker_class": "gevent", "broadcast": "redis"}
+    result = cookies_session.bake(extra_context=answers, template=str(TEMPLATE_DIR))
+    assert result.exception is None, f"bake failed: {result.exception!r}"
+    locked_venv(uv, result.project_path)
+    return result.project_path
+
+
+@pytest.mark.slow
+def test_profile_handshake_times_the_floor_beside_the_baseline_and_service(
+    redis_gevent_bake, tmp_path
+):
+    """benchmarks/profile_handshake.py with `--floor`, small: every target
+    (the baseline, the service and two floors, each straight and through
+    nginx) answers each handshake with 101, and each floor that counts its
+    sockets in Redis has counted every one out again by the end."""
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    require(
+        shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/bin") is not None,
+        "nginx is not installed",
+    )
+    report_path = tmp_path / "profile.json"
+    python = str(redis_gevent_bake / ".venv" / "bin" / "python")
+    result = run(
+        [python, str(PROFILE_HANDSHAKE), str(redis_gevent_bake)]
+        + ["--rounds", "1", "--handshakes", "40", "--concurrency", "5"]
+        + ["--steps", "handshakes_concurrent,handshakes_one_at_a_time"]
+        + ["--floor", "token", "--floor", "token,user,count"]
+        + ["--no-profile", "--json", str(report_path)],
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    report = json.loads(report_path.read_text())
+    (row,) = report["rounds"]
+    floors = ["floor[token]", "floor[token,user,count]"]
+    targets = ["baseline", "service", "nginx", *floors]
+    targets += [f"{floor} via nginx" for floor in floors]
+    steps = ["handshakes_concurrent", "handshakes_one_at_a_time"]
+    assert sorted(row) == sorted(f"{t}/{s}" for t in targets for s in steps)
+    assert all(figures["per_second"] > 0 for figures in row.values())
+    assert report["floor_counted_at_the_end"] == dict.fromkeys(floors, 0)
