@@ -15,11 +15,11 @@ from .conftest import (
     BIN,
     PROJECT_ROOT,
     clean_environ,
-    free_port,
     run_flask,
     stop_process,
     wait_until,
 )
+from .processes import reserved_port
 
 
 def start_gunicorn(tmp_path, **settings) -> subprocess.CompletedProcess:
@@ -355,12 +355,12 @@ def test_development_session_cookie_is_httponly_lax_but_not_secure(server):
 def test_gunicorn_listens_on_loopback_unless_host_says_otherwise(
     settings, tmp_path, host, listening
 ):
-    port = free_port()
-    environ = {**settings, "PORT": str(port)}
-    if host:
-        environ["HOST"] = host
     log = tmp_path / "gunicorn.log"
-    with log.open("w") as output:
+    # Held until gunicorn has stopped, so that no other suite is handed it.
+    with reserved_port() as port, log.open("w") as output:
+        environ = {**settings, "PORT": str(port)}
+        if host:
+            environ["HOST"] = host
         server = subprocess.Popen(
             [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
             cwd=PROJECT_ROOT,
@@ -368,11 +368,13 @@ def test_gunicorn_listens_on_loopback_unless_host_says_otherwise(
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    try:
-        wait_until(lambda: "Listening at" in log.read_text(), 30, "gunicorn listens")
-        assert f"Listening at: http://{listening}:{port} " in log.read_text()
-    finally:
-        stop_process(server, timeout=40)
+        try:
+            wait_until(
+                lambda: "Listening at" in log.read_text(), 30, "gunicorn listens"
+            )
+            assert f"Listening at: http://{listening}:{port} " in log.read_text()
+        finally:
+            stop_process(server, timeout=40)
 {%- if cookiecutter.worker_class == "gevent" %}
 
 

@@ -22,7 +22,7 @@ from .conftest import (
     open_socket,
     wait_until,
 )
-from .processes import free_port, stop_process
+from .processes import reserved_port, stop_process
 
 GRACEFUL_TIMEOUT = 30  # gunicorn.conf.py
 # What gunicorn's log says when a worker fails on its way out, or is killed
@@ -160,15 +160,19 @@ def test_a_stop_while_the_workers_boot_is_not_lost(migrated, tmp_path, how):
     the master's, which would drop the signal: the master would then wait
     graceful_timeout (30 s) before killing it."""
     log = tmp_path / "gunicorn.log"
-    with log.open("w") as output:
+    with ExitStack() as stack:
+        # On the way out, whatever failed: gunicorn stops, then the port it
+        # was held for until then goes back (reserved_port).
+        port = stack.enter_context(reserved_port())
+        output = stack.enter_context(log.open("w"))
         process = subprocess.Popen(
             [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py"],
             cwd=PROJECT_ROOT,
-            env=clean_environ(**migrated, PORT=str(free_port()), WEB_CONCURRENCY="2"),
+            env=clean_environ(**migrated, PORT=str(port), WEB_CONCURRENCY="2"),
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    try:
+        stack.callback(stop_process, process, timeout=10)
         # Forked, and loading the app: the moment a deploy may stop it.
         wait_until(
             lambda: log.read_text().count("Booting worker with pid") == 2,
@@ -187,5 +191,3 @@ def test_a_stop_while_the_workers_boot_is_not_lost(migrated, tmp_path, how):
         assert time.monotonic() - stopped < 10, log.read_text()
         assert exit_code == 0, log.read_text()
         assert_no_trouble(log.read_text())
-    finally:
-        stop_process(process, timeout=10)
