@@ -1,11 +1,12 @@
 """A test-only app: the real one plus a WebSocket handler that changes the
 session and one that shows what it sees of its request, declared as every
-socket route is, and one route declared with a plain `sock.route`, which the
-app refuses."""
+socket route is, one route declared with a plain `sock.route`, which the app
+refuses, and an `after_request` hook that logs the WebSocket paths it runs
+for."""
 
 import json
 
-from flask import Blueprint, request, session
+from flask import Blueprint, current_app, request, session
 from flask_login import current_user
 
 from {{ cookiecutter.package_name }} import create_app
@@ -46,6 +47,15 @@ def show_request(connection) -> None:
 def undeclared(ws) -> None:
     while True:
         ws.send(ws.receive())
+
+
+@bp.after_app_request
+def log_after_request(response):
+    if request.path.startswith("/ws/"):
+        current_app.logger.info(
+            "after_request ran for %s (%d)", request.path, response.status_code
+        )
+    return response
 
 
 def create_session_writer_app():

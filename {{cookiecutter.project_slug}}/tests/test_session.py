@@ -4,9 +4,9 @@ import json
 import secrets
 
 import pytest
-from websockets.exceptions import ConnectionClosedError
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from .conftest import log_in, open_socket
+from .conftest import log_in, open_socket, wait_until
 
 APP = "tests.session_writer:create_session_writer_app()"
 LOST_CHANGE = (
@@ -59,3 +59,23 @@ def test_a_handler_reads_its_request_as_parsed_at_the_handshake(start_server, al
         "logged_in": True,
         "user": alice,
     }
+
+
+def test_a_closed_sockets_response_is_left_alone(start_server, alice):
+    """Once a socket has closed, Flask runs no `after_request` hook and saves
+    no session into the response of its request, which is never sent; a
+    handshake refused before its 101 is an HTTP response, and gets them."""
+    server = start_server(app=APP)
+    with pytest.raises(InvalidStatus) as refused:
+        open_socket(server, "/ws/request")
+    assert refused.value.response.status_code == 401
+    with open_socket(server, "/ws/request", browser=log_in(server, alice)) as ws:
+        json.loads(ws.recv(timeout=5))
+    wait_until(
+        lambda: f"WebSocket /ws/request of {alice} closed with 1000" in server.log(),
+        10,
+        "the socket's request ends",
+    )
+    log = server.log()
+    assert log.count("after_request ran for /ws/request") == 1
+    assert "after_request ran for /ws/request (401)" in log

@@ -30,9 +30,11 @@ path of one handshake, in order, and where each step lives:
    (hub.py
 {%- if cookiecutter.broadcast == "redis" %}, redis_hub.py
 {%- endif %}).
-8. `release_places` (guards.py), a `teardown_request`, gives the socket's
-   places back once it is closed{% if cookiecutter.broadcast == "redis" %} (its
-   lease goes back to Redis at once){% endif %}.
+8. Once it is closed, Flask skips its `after_request` hooks and the session's
+   save, whose response is never sent (`App`, ../__init__.py), and
+   `release_places` (guards.py), a `teardown_request`, gives the socket's
+   places back{% if cookiecutter.broadcast == "redis" %} (its lease goes back to
+   Redis at once){% endif %}.
 
 Here, `init_app` also chooses the hub and the count of users' sockets that
 this project uses.

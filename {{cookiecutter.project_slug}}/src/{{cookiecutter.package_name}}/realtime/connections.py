@@ -582,6 +582,8 @@ def websocket_handler(handler):
         finally:
             registry.discard(connection)
             code = connection.finish()
+            # Flask's work on the response goes (`App.process_response`).
+            g.websocket_closed = True
             open_now.dec()
             metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
             duration = time.monotonic() - opened_at
