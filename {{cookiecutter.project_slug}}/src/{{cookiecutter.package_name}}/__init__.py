@@ -21,9 +21,9 @@ class App(Flask):
     request id, Flask-Login's remember cookie, Flask-Limiter's headers) and
     saves the session into it. None of that reaches the client: the 101 went
     out before the handler ran, and the connection is over. When a deploy
-    closes thousands of sockets at once, that work was a fifth of the CPU each
-    close cost the stopping worker (measured in the template's benchmarks),
-    CPU the clients coming back to the new workers wait for. A handshake
+    closes thousands of sockets at once, that work took a sixth to a third of
+    the CPU each close cost the stopping worker (measured in the template's
+    benchmarks): CPU that the clients coming back to the new workers wait for. A handshake
     refused before its 101 (401, 403, 429, 503) is an HTTP response like any
     other and gets all of it; the teardown hooks run for every request.
     """
