@@ -747,6 +747,16 @@ class RawWebSocket:
             (size,) = struct.unpack("!Q", self._read_exactly(8))
         return first & 0x0F, self._read_exactly(size)
 
+    def recv_data_frame(self) -> tuple[int, bytes]:
+        """(opcode, payload) of the server's next frame other than a ping. The
+        worker pings every socket in turn, a new one too, whenever its turn
+        comes: a ping is answered with its pong, as any client does."""
+        while True:
+            opcode, payload = self.recv_frame()
+            if opcode != self.PING:
+                return opcode, payload
+            self.send_frame(self.PONG, payload)
+
     def messages_until_close(self) -> tuple[list[bytes], int]:
         """Every data frame the server still sends, then its close code; the
         close is answered, as a client should."""

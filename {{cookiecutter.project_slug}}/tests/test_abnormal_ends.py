@@ -55,7 +55,7 @@ def assert_capacity_is_whole(server, token: str) -> None:
     held = [open_when_room(server, token) for _ in range(SMALL_WORKER_SOCKETS)]
     for raw in held:
         raw.send_frame(RawWebSocket.TEXT, b"still echoing")
-        assert raw.recv_frame() == (RawWebSocket.TEXT, b"still echoing")
+        assert raw.recv_data_frame() == (RawWebSocket.TEXT, b"still echoing")
     one_more = RawWebSocket(server, "/ws/echo", token)
     assert one_more.status == 503
     for raw in [*held, one_more]:

@@ -90,10 +90,10 @@ def test_a_stopping_worker_waits_for_a_slow_answer_to_its_1001(start_server, ali
     # after the 1001 went out finds the socket closed and ends at once,
     # without waiting for an answer (a socket opened as the worker stops).
     slow.send_frame(RawWebSocket.TEXT, b"reading")
-    assert slow.recv_frame() == (RawWebSocket.TEXT, b"reading")
+    assert slow.recv_data_frame() == (RawWebSocket.TEXT, b"reading")
     (worker,) = server.worker_pids()
     server.process.send_signal(signal.SIGTERM)
-    opcode, payload = slow.recv_frame()
+    opcode, payload = slow.recv_data_frame()
     assert (opcode, payload[:2]) == (RawWebSocket.CLOSE, (1001).to_bytes(2, "big"))
     # A slow client: it answers 3 s later, when a worker that did not wait
     # for it would be gone.

@@ -23,9 +23,10 @@ class App(Flask):
     out before the handler ran, and the connection is over. When a deploy
     closes thousands of sockets at once, that work took a sixth to a third of
     the CPU each close cost the stopping worker (measured in the template's
-    benchmarks): CPU that the clients coming back to the new workers wait for. A handshake
-    refused before its 101 (401, 403, 429, 503) is an HTTP response like any
-    other and gets all of it; the teardown hooks run for every request.
+    benchmarks): CPU that the clients coming back to the new workers wait
+    for. A handshake refused before its 101 (401, 403, 429, 503) is an HTTP
+    response like any other and gets all of it; the teardown hooks run for
+    every request.
     """
 
     def process_response(self, response: Response) -> Response:
