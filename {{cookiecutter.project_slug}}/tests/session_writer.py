@@ -1,8 +1,8 @@
 """A test-only app: the real one plus a WebSocket handler that changes the
 session and one that shows what it sees of its request, declared as every
 socket route is, one route declared with a plain `sock.route`, which the app
-refuses, and an `after_request` hook that logs the WebSocket paths it runs
-for."""
+refuses, and an `after_request` and a `teardown_request` hook that log the
+WebSocket paths they run for."""
 
 import json
 
@@ -56,6 +56,13 @@ def log_after_request(response):
             "after_request ran for %s (%d)", request.path, response.status_code
         )
     return response
+
+
+@bp.teardown_app_request
+def log_teardown(_error):
+    # After `after_request`, when it runs: the request is over.
+    if request.path.startswith("/ws/"):
+        current_app.logger.info("teardown ran for %s", request.path)
 
 
 def create_session_writer_app():

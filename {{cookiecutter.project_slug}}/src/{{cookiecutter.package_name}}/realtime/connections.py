@@ -163,9 +163,10 @@ class Pinger:
     would make from each socket's reader.
 
     A reader that pings waits for its client in a poll with a timeout before
-    every read: a system call more per message received (about 25 µs of
-    worker CPU under gthread, 50 µs under gevent, where its parked stack also
-    costs 1.5 KB more per socket; measured in the template's benchmarks).
+    every read: a second blocking call per message received (about 30 µs of
+    worker CPU under gthread with 100 sockets echoing, 50 µs under gevent,
+    where its parked stack also costs 1.5 KB more per socket; measured in the
+    template's benchmarks).
     Here the reader waits in a plain `recv`.
     """
 
