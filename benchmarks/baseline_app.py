@@ -4,7 +4,10 @@ No login, no Origin check, no capacity guard, no proxy. The benchmarks run it
 under the same gunicorn settings as the generated service, and every figure in
 BENCHMARKS.md is a ratio to this app's.
 
-`/echo` is the tutorial's route, as written there. `/chat` is the obvious way
+`/echo` is the tutorial's route, as written there; it is also served at
+`/ws/echo`, where the generated nginx configuration proxies WebSockets, so
+that the benchmarks can put that nginx in front of the baseline too and tell
+what nginx alone costs on the same machine. `/chat` is the obvious way
 to add broadcast across workers to it: each socket subscribes to a Redis
 channel of its own connection, and what a client sends is published.
 https://flask-sock.readthedocs.io/en/latest/quickstart.html
@@ -32,6 +35,13 @@ def echo(ws):
     while True:
         data = ws.receive()
         ws.send(data)
+
+
+# The same view under the path the generated nginx proxies as a WebSocket
+# (Flask-Sock's decorator returns None: the view is the app's).
+app.add_url_rule(
+    "/ws/echo", "echo_behind_nginx", app.view_functions["echo"], websocket=True
+)
 
 
 @sock.route("/chat")

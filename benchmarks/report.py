@@ -36,6 +36,7 @@ LABELS = {
     "baseline": "baseline",
     "app": "service, direct",
     "nginx": "service via nginx",
+    "baseline_nginx": "baseline via nginx",
 }
 
 
@@ -498,6 +499,7 @@ def targets(results: dict) -> list[str]:
             f"{with_range(ratios, 2, prefix='×')}: "
             f"{with_range(rates.get('nginx', []))} vs "
             f"{with_range(rates.get('baseline', []))} a second"
+            f"{nginx_alone(rows)}"
             if ratios
             else "",
         )
@@ -530,6 +532,7 @@ def targets(results: dict) -> list[str]:
                     f"{with_range(ratios, 2, prefix='×')}: "
                     f"{with_range(rates.get(target, []))} vs "
                     f"{with_range(rates.get('baseline', []))} round trips/s"
+                    f"{nginx_alone(rows) if target == 'nginx' else ''}"
                     if finite(ratios)
                     else "",
                 )
@@ -550,6 +553,16 @@ def targets(results: dict) -> list[str]:
     lines += fanout_targets(gevent.get("fanout_large", []), scale)
     lines.append(cluster_target(gevent.get("cluster", []), scale))
     return lines
+
+
+def nginx_alone(rows: list[dict]) -> str:
+    """What the baseline itself reaches behind the same nginx, when measured:
+    the most any app could reach through nginx on this machine."""
+    ratios = paired_ratios(rows, "baseline_nginx")
+    if not finite(ratios):
+        return ""
+    measured = with_range(ratios, 2, prefix="×")
+    return f"; the baseline itself through the same nginx: {measured}"
 
 
 def single_ratio(rows: list[dict], target: str) -> list:
@@ -941,7 +954,10 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         "service (`broadcast = redis`) behind the generated nginx "
         "configuration, the way it is deployed; **service, direct** is the "
         "same service straight from gunicorn, to tell nginx's share from the "
-        "app's. Every figure has its ratio to the baseline's: above ×1 means "
+        "app's; **baseline via nginx** is the baseline behind the same nginx "
+        "(echo at the targets' connection count, and handshakes): what nginx "
+        "alone costs on this machine, the most any app could reach through "
+        "it. Every figure has its ratio to the baseline's: above ×1 means "
         "more (round trips, sockets, memory) or slower (latency). A figure "
         "measured in rounds is the median, with the range over the rounds in "
         "brackets; a ratio or a target is marked unstable when that range is "
@@ -1316,8 +1332,15 @@ def echo_notes(worker_class: str, rows: list[dict], cores: int) -> list[str]:
     share = share_of("nginx")
     text += (
         f"; through nginx ×{share:.2f} ({cpu(proxied)}), {busy(proxied):.0%} of "
-        f"the {cores * 100}% the machine has. "
+        f"the {cores * 100}% the machine has"
     )
+    if "baseline_nginx" in at:
+        share = share_of("baseline_nginx")
+        text += (
+            f"; the baseline itself through the same nginx ×{share:.2f} "
+            f"({cpu(at['baseline_nginx'])})"
+        )
+    text += ". "
     if busy(proxied) >= 0.85 * cores:
         text += (
             "The cores were full: nginx and the client take CPU the app would "

@@ -12,7 +12,10 @@ free port, and for each worker class measures, in one run:
 - the baseline: benchmarks/baseline_app.py, Flask-Sock's tutorial echo app,
   under gunicorn with the same settings as the service, without nginx;
 - the service straight from gunicorn ("app"), and through the generated nginx
-  configuration run by the machine's nginx ("nginx").
+  configuration run by the machine's nginx ("nginx");
+- in the echo section, the baseline behind the same generated nginx too
+  ("baseline_nginx", at the targets' connection count and for handshakes):
+  what nginx alone costs on this machine, apart from the service.
 
 Figures, by section (`--sections` picks some): echo round trips per second
 and p50/p99 latency at 1, 100 and 1,000 connections, and handshakes per
@@ -584,7 +587,10 @@ def median_round(reports: list[dict], key) -> dict:
 
 def measure_echo(variant: Variant, scale: Scale) -> dict:
     """Round trips per second and latency at each connection count, and
-    handshakes per second; the three targets on the same servers.
+    handshakes per second; the targets on the same servers. The baseline
+    behind the generated nginx takes its turn at `target_connections` and
+    for handshakes only: the cost of nginx alone, which the service's figure
+    through nginx pays too.
 
     The targets take turns, count by count and then handshakes, for
     `rounds` rounds: a burst of other work on the machine moves all of them
@@ -598,10 +604,17 @@ def measure_echo(variant: Variant, scale: Scale) -> dict:
         baseline = stack.start(variant.baseline())
         app = stack.start(variant.app())
         nginx = stack.start(variant.nginx(app))
+        baseline_nginx = stack.start(variant.nginx(baseline))
         targets = [
             ("baseline", f"ws://127.0.0.1:{baseline.port}/echo", baseline, None),
             ("app", f"ws://127.0.0.1:{app.port}/ws/echo", app, None),
             ("nginx", f"ws://127.0.0.1:{nginx.port}/ws/echo", app, nginx),
+            (
+                "baseline_nginx",
+                f"ws://127.0.0.1:{baseline_nginx.port}/ws/echo",
+                baseline,
+                baseline_nginx,
+            ),
         ]
         for number in range(1, scale.rounds + 1):
             for count in scale.connection_counts:
@@ -610,10 +623,12 @@ def measure_echo(variant: Variant, scale: Scale) -> dict:
                     f"round {number} of {scale.rounds}"
                 )
                 for target, url, server, proxy in targets:
+                    if target == "baseline_nginx" and count != scale.target_connections:
+                        continue
                     report = loadtest(
                         variant,
                         url,
-                        authenticated=target != "baseline",
+                        authenticated=not target.startswith("baseline"),
                         connections=count,
                         hold=scale.echo_seconds,
                         traffic="echo",
@@ -631,7 +646,7 @@ def measure_echo(variant: Variant, scale: Scale) -> dict:
                 report = loadtest(
                     variant,
                     url,
-                    authenticated=target != "baseline",
+                    authenticated=not target.startswith("baseline"),
                     handshakes=True,
                     connections=scale.handshakes,
                     concurrency=scale.handshake_concurrency,

@@ -820,6 +820,54 @@ def test_the_note_on_echo_gives_the_ratios_the_targets_table_gives(tmp_path):
     assert "; through nginx ×0.92 (" in note
 
 
+def test_the_baseline_through_nginx_is_given_beside_the_targets_through_nginx(
+    tmp_path,
+):
+    """What nginx alone costs on the machine: the baseline behind the same
+    nginx, in the tables, the targets' lines and the echo note."""
+    results = rounds_results()
+    gevent = results["variants"]["gevent"]
+    (proxied,) = [
+        row
+        for row in gevent["echo"]
+        if (row["target"], row["connections"]) == ("nginx", 100)
+    ]
+    alone = copy.deepcopy(proxied)
+    alone.update(target="baseline_nginx", rates=[70, 72, 75, 68, 74])
+    gevent["echo"].append(alone)
+    (handshakes,) = [row for row in gevent["handshakes"] if row["target"] == "nginx"]
+    alone = copy.deepcopy(handshakes)
+    alone.update(target="baseline_nginx", rates=[300, 310, 290, 305, 295])
+    gevent["handshakes"].append(alone)
+    lines = page(results, tmp_path)
+    (handshake_target,) = [
+        line for line in lines if line.startswith("| gevent: handshakes per second")
+    ]
+    assert handshake_target.endswith(
+        "a second; the baseline itself through the same nginx: ×0.60 (0.59–0.61) "
+        "| 5 | yes | stable |"
+    )
+    (echo_target,) = [
+        line for line in lines if line.startswith("| gevent: echo through nginx")
+    ]
+    assert (
+        "round trips/s; the baseline itself through the same nginx: ×0.72 "
+        "(0.68–0.75) | 5 | yes | unstable |"
+    ) in echo_target
+    (straight,) = [line for line in lines if line.startswith("| gevent: echo straight")]
+    assert "the baseline itself" not in straight
+    assert any(
+        line.startswith("| 100 | baseline via nginx | 72 (68–75) | ×0.72 (0.68–0.75)")
+        for line in lines
+    )
+    assert any(
+        line.startswith("| baseline via nginx | 300 (290–310) | ×0.60 (0.59–0.61)")
+        for line in lines
+    )
+    (note,) = [line for line in lines if line.startswith("- **gevent, echo at 100")]
+    assert "; the baseline itself through the same nginx ×0.72 (" in note
+
+
 def test_a_storm_round_that_did_not_bring_everyone_back_fails_the_target(
     tmp_path,
 ):
