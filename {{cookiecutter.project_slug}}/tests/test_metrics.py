@@ -189,21 +189,41 @@ def test_a_handshake_while_redis_is_away_counts_as_unavailable(
 
 
 def test_echo_messages_are_counted_in_and_out(two_workers, alice):
+    """A worker adds its open sockets' message counts every second, and a
+    socket's last ones as it closes, each message once."""
     server = two_workers
     before = Scrape(server)
+    counted = {
+        direction: before("websocket_messages_total", route=ECHO, direction=direction)
+        for direction in ("in", "out")
+    }
     with open_socket(server, ECHO, token=bearer_token(server, alice)) as ws:
         for message in ["one", b"two", "three"]:
             ws.send(message)
             assert ws.recv(timeout=5) == message
-    for direction in ("in", "out"):
-        counted = before("websocket_messages_total", route=ECHO, direction=direction)
-        metric_becomes(
-            server,
-            "websocket_messages_total",
-            counted + 3,
-            route=ECHO,
-            direction=direction,
-        )
+        # The socket is still open.
+        for direction in ("in", "out"):
+            metric_becomes(
+                server,
+                "websocket_messages_total",
+                counted[direction] + 3,
+                route=ECHO,
+                direction=direction,
+            )
+        ws.send("four")
+        assert ws.recv(timeout=5) == "four"
+    # The socket's end is done with once it no longer counts as open.
+    metric_becomes(
+        server,
+        "websocket_connections",
+        before("websocket_connections", route=ECHO),
+        route=ECHO,
+    )
+    after = Scrape(server)
+    assert {
+        direction: after("websocket_messages_total", route=ECHO, direction=direction)
+        for direction in ("in", "out")
+    } == {direction: counted[direction] + 4 for direction in ("in", "out")}
 
 
 def test_a_message_too_big_counts_a_1009_close(start_server, alice):
@@ -269,13 +289,17 @@ def test_chat_delivery_is_observed_once_per_socket_reached(
             "chat_delivery_seconds_count",
             before("chat_delivery_seconds_count") + reached,
         )
+        # Messages are added to /metrics every second.
+        for direction, count in (("in", 2), ("out", reached)):
+            metric_becomes(
+                server,
+                "websocket_messages_total",
+                before("websocket_messages_total", route=CHAT, direction=direction)
+                + count,
+                route=CHAT,
+                direction=direction,
+            )
         after = Scrape(server)
-    assert after("websocket_messages_total", route=CHAT, direction="in") == (
-        before("websocket_messages_total", route=CHAT, direction="in") + 2
-    )
-    assert after("websocket_messages_total", route=CHAT, direction="out") == (
-        before("websocket_messages_total", route=CHAT, direction="out") + reached
-    )
     delivery = after("chat_delivery_seconds_sum") - before("chat_delivery_seconds_sum")
     assert 0 < delivery < reached * 5
     # Every observation falls in some bucket of the histogram.

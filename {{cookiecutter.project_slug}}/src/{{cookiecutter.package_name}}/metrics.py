@@ -14,10 +14,13 @@ values. The mode is chosen when prometheus-client is first imported, from the
 environment: gunicorn.conf.py sets the variable before any worker imports it.
 https://prometheus.github.io/client_python/multiprocess/
 
-An update is a lock and a write to a memory-mapped file: about 1.5 µs for a
-counter, 7 µs for a histogram observation (measured on a busy 2-core
-machine). A message costs one counter update; a chat delivery one more
-observation per socket.
+An update is a lock (one for the whole process) and a write to a
+memory-mapped file: about 1.5 µs for a counter, 7 µs for a histogram
+observation (measured on a busy 2-core machine), and more when many threads
+queue on that lock. So the sockets count their data messages in integers of
+their own, which realtime/connections.py's `MessageCounts` adds to
+WEBSOCKET_MESSAGES every second and as each socket closes; a chat delivery
+costs one observation per socket.
 """
 
 import os

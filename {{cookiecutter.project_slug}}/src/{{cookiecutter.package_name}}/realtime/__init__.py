@@ -43,7 +43,13 @@ this project uses.
 from flask import Flask
 
 from .. import metrics
-from .connections import OpenConnections, Pinger, websocket_reader
+from .connections import (
+    COUNT_MESSAGES_EVERY,
+    MessageCounts,
+    OpenConnections,
+    Pinger,
+    websocket_reader,
+)
 from .guards import before_websocket_handshake, release_places
 {%- if cookiecutter.broadcast == "redis" %}
 from .hub import Hub
@@ -76,6 +82,9 @@ def init_app(app: Flask) -> None:
     # One {% if cookiecutter.worker_class == "gevent" %}greenlet{% else %}thread{% endif %} pings every socket of the worker, instead of each reader.
     if interval := app.config["SOCK_SERVER_OPTIONS"].get("ping_interval"):
         app.extensions["pinger"] = Pinger(connections, interval, app.logger)
+    app.extensions["message_counts"] = MessageCounts(
+        connections, COUNT_MESSAGES_EVERY, app.logger
+    )
     # Both ways a revocation reaches this worker close the user's sockets here.
     close_revoked = closer(connections, app.logger)
     hub.on_revoke(close_revoked)
