@@ -229,10 +229,9 @@ class MessageCounts(WorkerLoop):
 
     Each socket counts its own in plain integers. prometheus-client's
     multiprocess counter takes one lock for the whole process, asks for the
-    process id and writes a shared file on every increment: counted there, a
-    message cost about 12 µs of worker CPU under gthread with 100 sockets
-    echoing (their threads queue on that one lock) and 3 µs under gevent
-    (measured in the template's benchmarks).
+    process id and writes a shared file on every increment: counted there,
+    an echo message cost 6 to 14 µs more of worker CPU, under either worker
+    class (measured in the template's benchmarks).
     """
 
     name = "websocket-message-counts"
