@@ -248,9 +248,14 @@ class MessageCounts(WorkerLoop):
         self._lock = threading.Lock()
 
     def add_last(self, connection: "Connection") -> None:
-        """The socket is closed: add what it counted since the last time."""
-        with self._lock:
-            add_message_counts({connection.route: connection.take_message_counts()})
+        """The socket is closed: add what it counted since the last time.
+        Never raises: the rest of the socket's end must run."""
+        try:
+            with self._lock:
+                counts = connection.take_message_counts()
+                add_message_counts({connection.route: counts})
+        except Exception:
+            self._logger.exception("counting WebSocket messages failed")
 
     def add_all(self) -> None:
         totals: dict[str, tuple[int, int]] = {}
@@ -267,7 +272,7 @@ class MessageCounts(WorkerLoop):
             time.sleep(self.every)
             try:
                 self.add_all()
-            except Exception:  # the next round adds what this one could not
+            except Exception:  # logged; the next round goes on
                 self._logger.exception("counting WebSocket messages failed")
 
 
