@@ -557,7 +557,7 @@ def targets(results: dict) -> list[str]:
 
 def nginx_alone(rows: list[dict]) -> str:
     """What the baseline itself reaches behind the same nginx, when measured:
-    the most any app could reach through nginx on this machine."""
+    what nginx alone costs on this machine."""
     ratios = paired_ratios(rows, "baseline_nginx")
     if not finite(ratios):
         return ""
@@ -956,8 +956,9 @@ def write_markdown(results: dict, path: Path, chart_name: str) -> None:
         "same service straight from gunicorn, to tell nginx's share from the "
         "app's; **baseline via nginx** is the baseline behind the same nginx "
         "(echo at the targets' connection count, and handshakes): what nginx "
-        "alone costs on this machine, the most any app could reach through "
-        "it. Every figure has its ratio to the baseline's: above ×1 means "
+        "alone costs on this machine, and so the most that an app doing at "
+        "least the baseline's work can reach through it. Every figure has its "
+        "ratio to the baseline's: above ×1 means "
         "more (round trips, sockets, memory) or slower (latency). A figure "
         "measured in rounds is the median, with the range over the rounds in "
         "brackets; a ratio or a target is marked unstable when that range is "

@@ -155,13 +155,18 @@ class ReaderThread:
 
 
 class WorkerLoop:
-    """A task the worker runs for as long as it lives, in a {% if cookiecutter.worker_class == "gevent" %}greenlet{% else %}thread{% endif %} of its
-    own, started by its first socket: never before gunicorn forks, as a
-    thread does not survive the fork."""
+    """A task the worker runs on its sockets for as long as it lives, every
+    `every` seconds, in a {% if cookiecutter.worker_class == "gevent" %}greenlet{% else %}thread{% endif %} of its own, started by its first socket:
+    never before gunicorn forks, as a thread does not survive the fork."""
 
     name = "worker-loop"
 
-    def __init__(self) -> None:
+    def __init__(
+        self, connections: "OpenConnections", every: float, logger: Logger
+    ) -> None:
+        self.every = every
+        self._connections = connections
+        self._logger = logger
         self._started = False
         self._start_lock = threading.Lock()
 
@@ -178,7 +183,7 @@ class WorkerLoop:
 
 
 class Pinger(WorkerLoop):
-    """Pings every open socket of the worker once per `interval`, from one
+    """Pings every open socket of the worker once per `every` seconds, from one
 {%- if cookiecutter.worker_class == "gevent" %}
     greenlet, and closes with 1008 a socket whose client has not answered the
 {%- else %}
@@ -197,18 +202,10 @@ class Pinger(WorkerLoop):
 
     name = "websocket-pinger"
 
-    def __init__(
-        self, connections: "OpenConnections", interval: float, logger: Logger
-    ) -> None:
-        super().__init__()
-        self.interval = interval
-        self._connections = connections
-        self._logger = logger
-
     def _run(self) -> None:
         turn = 0
         while True:
-            time.sleep(self.interval / PING_TURNS)
+            time.sleep(self.every / PING_TURNS)
             turn = (turn + 1) % PING_TURNS
             for number, connection in enumerate(
                 self._connections.in_turn(turn, PING_TURNS), start=1
@@ -236,13 +233,8 @@ class MessageCounts(WorkerLoop):
 
     name = "websocket-message-counts"
 
-    def __init__(
-        self, connections: "OpenConnections", every: float, logger: Logger
-    ) -> None:
-        super().__init__()
-        self.every = every
-        self._connections = connections
-        self._logger = logger
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         # Taking a socket's counts and adding them are one step, so that a
         # socket closing while the loop goes round is counted once.
         self._lock = threading.Lock()
