@@ -1,12 +1,13 @@
 """The outbox of a socket, on real TCP sockets: a sender never waits for a
 client that stops reading, and what it queued arrives whole and in order once
-the client reads again."""
+the client reads again. And `Flag`, the event it closes with (and, under
+gthread, the one each handler waits on for its reader)."""
 
 import socket
 import struct
 import threading
 
-from {{ cookiecutter.package_name }}.realtime.outbox import Outbox
+from {{ cookiecutter.package_name }}.realtime.outbox import Flag, Outbox
 
 from .conftest import wait_until
 
@@ -157,3 +158,50 @@ def test_end_sending_leaves_a_queue_that_waits_to_the_writer():
     assert received == b"".join(frame(0, n) for n in range(sent))
     assert outbox.closed.wait(10)
     client.close()
+
+
+def test_a_flag_waits_until_set_and_clear_unsets_it():
+    flag = Flag()
+    assert not flag.is_set()
+    assert not flag.wait(0.01)
+    assert not flag.wait(-1)  # as threading.Event: no wait at all
+    flag.set()
+    flag.set()  # twice, as the reader and the writer may
+    assert flag.is_set()
+    assert flag.wait(0) and flag.wait(None) and flag.wait(0.01)
+    flag.clear()
+    flag.clear()
+    assert not flag.is_set()
+    assert not flag.wait(0.01)
+
+
+def test_a_flag_wakes_its_waiter_for_every_message_it_is_set_for():
+    """simple-websocket's pattern, between two real threads: the reader
+    appends a message, then sets; the handler waits, clears, and looks again.
+    However the two interleave, no message is left waiting."""
+    messages = 20_000
+    flag, received, arrived = Flag(), [], []
+
+    def read() -> None:
+        for number in range(messages):
+            arrived.append(number)
+            flag.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    while len(received) < messages:
+        while not arrived:
+            assert flag.wait(10), f"woken for {len(received)} of {messages}"
+            flag.clear()
+        received.append(arrived.pop(0))
+    reader.join(timeout=10)
+    assert received == list(range(messages))
+
+
+def test_a_flag_set_from_another_thread_ends_a_wait():
+    flag = Flag()
+    setter = threading.Timer(0.05, flag.set)
+    setter.start()
+    assert flag.wait(10)
+    assert flag.is_set()
+    setter.join()

@@ -21,7 +21,8 @@ path of one handshake, in order, and where each step lives:
    connections.py). Then the session turns read-only.
 4. Flask-Sock answers 101. simple-websocket starts the socket's reader through
    `websocket_reader` (connections.py), which puts an `Outbox` (outbox.py)
-   between the socket and every write. The worker's `Pinger`
+   between the socket and every write.{% if cookiecutter.worker_class == "gthread" %} The handler waits for what the reader
+   receives on a `Flag` (outbox.py).{% endif %} The worker's `Pinger`
    (connections.py), not the reader, pings the socket every WS_PING_INTERVAL.
 5. `login_required` checks the login again, a second lock.
 6. `websocket_handler` (connections.py) wraps the socket in a `Connection`,
@@ -56,6 +57,9 @@ from .hub import Hub
 {%- else %}
 from .hub import Hub, MemoryHub
 {%- endif %}
+{%- if cookiecutter.worker_class == "gthread" %}
+from .outbox import Flag
+{%- endif %}
 {%- if cookiecutter.broadcast == "redis" %}
 from .redis_hub import RedisHub
 from .redis_user_sockets import RedisUserSockets
@@ -73,6 +77,10 @@ def init_app(app: Flask) -> None:
     app.session_interface = WebSocketSessionInterface()
     # Every socket's reader thread: see websocket_reader.
     app.config["SOCK_SERVER_OPTIONS"]["thread_class"] = websocket_reader
+{%- if cookiecutter.worker_class == "gthread" %}
+    # What each handler waits on for its reader: see Flag.
+    app.config["SOCK_SERVER_OPTIONS"]["event_class"] = Flag
+{%- endif %}
     hub = app.extensions["chat_hub"] = create_hub(app)
     connections = app.extensions["open_connections"] = OpenConnections(
         app.config["WEBSOCKETS_PER_WORKER"]
