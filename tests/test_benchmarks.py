@@ -30,6 +30,7 @@ LOADTEST = TEMPLATE_DIR / "benchmarks" / "loadtest.py"
 FANOUT = TEMPLATE_DIR / "benchmarks" / "fanout.py"
 SERVICE_METRICS = TEMPLATE_DIR / "benchmarks" / "service_metrics.py"
 PROFILE_HANDSHAKE = TEMPLATE_DIR / "benchmarks" / "profile_handshake.py"
+INSTRUCTIONS = TEMPLATE_DIR / "benchmarks" / "instructions.py"
 # A full run's results.json as report.py reads it, from before run.py read
 # the service's /metrics: fixed here, so that a new run's results do not
 # change what the page tests expect.
@@ -977,3 +978,35 @@ def test_profile_handshake_times_the_floor_beside_the_baseline_and_service(
     assert sorted(row) == sorted(f"{t}/{s}" for t in targets for s in steps)
     assert all(figures["per_second"] > 0 for figures in row.values())
     assert report["floor_counted_at_the_end"] == dict.fromkeys(floors, 0)
+
+
+@pytest.mark.slow
+def test_instructions_counts_the_echo_messages_of_the_baseline_and_the_service(
+    redis_gevent_bake, tmp_path
+):
+    """benchmarks/instructions.py, small: both targets run under callgrind,
+    answer every echo, and each message is counted at what one costs: tens
+    or hundreds of thousands of instructions, not nothing (the count missed
+    the worker) nor millions (it took in the boot or the warm-up)."""
+    require(shutil.which("valgrind") is not None, "valgrind is not installed")
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    report_path = tmp_path / "instructions.json"
+    python = str(redis_gevent_bake / ".venv" / "bin" / "python")
+    result = run(
+        [python, str(INSTRUCTIONS), str(redis_gevent_bake)]
+        + ["--sockets", "1,3", "--messages", "30", "--top", "5"]
+        + ["--json", str(report_path)],
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["worker_class"] == "gevent"
+    for sockets in (1, 3):
+        entry = report[f"sockets={sockets}"]
+        assert entry["messages"] == 30
+        for target in ("baseline", "service"):
+            assert 20_000 < entry["per_message"][target] < 2_000_000, entry
+        ratio = entry["per_message"]["service"] / entry["per_message"]["baseline"]
+        assert entry["ratio"] == pytest.approx(ratio)
+        assert len(entry["most_added"]) == len(entry["most_saved"]) == 5
