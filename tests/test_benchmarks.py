@@ -994,7 +994,8 @@ def test_instructions_counts_the_echo_messages_of_the_baseline_and_the_service(
     python = str(redis_gevent_bake / ".venv" / "bin" / "python")
     result = run(
         [python, str(INSTRUCTIONS), str(redis_gevent_bake)]
-        + ["--sockets", "1,3", "--messages", "30", "--top", "5"]
+        # One socket count: each boots both targets under valgrind.
+        + ["--sockets", "2", "--messages", "30", "--top", "5"]
         + ["--json", str(report_path)],
         cwd=tmp_path,
         timeout=900,
@@ -1002,11 +1003,10 @@ def test_instructions_counts_the_echo_messages_of_the_baseline_and_the_service(
     assert result.returncode == 0, result.stdout[-3000:]
     report = json.loads(report_path.read_text())
     assert report["worker_class"] == "gevent"
-    for sockets in (1, 3):
-        entry = report[f"sockets={sockets}"]
-        assert entry["messages"] == 30
-        for target in ("baseline", "service"):
-            assert 20_000 < entry["per_message"][target] < 2_000_000, entry
-        ratio = entry["per_message"]["service"] / entry["per_message"]["baseline"]
-        assert entry["ratio"] == pytest.approx(ratio)
-        assert len(entry["most_added"]) == len(entry["most_saved"]) == 5
+    entry = report["sockets=2"]
+    assert entry["messages"] == 30
+    for target in ("baseline", "service"):
+        assert 20_000 < entry["per_message"][target] < 2_000_000, entry
+    ratio = entry["per_message"]["service"] / entry["per_message"]["baseline"]
+    assert entry["ratio"] == pytest.approx(ratio)
+    assert len(entry["most_added"]) == len(entry["most_saved"]) == 5
