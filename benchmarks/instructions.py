@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -75,7 +76,8 @@ def by_function(path: Path) -> dict[str, int]:
             continue
         # "1,234 (0.5%)  file.c:function [library]"
         name = rest.split(")", 1)[-1].strip().split(" [", 1)[0]
-        name = name.split("/Python-3", 1)[-1]  # the build folder, if any
+        # CPython's build folder: "/tmp/python-build.N/Python-3.11.7/".
+        name = re.sub(r"^.*/Python-[0-9.]+/", "", name)
         counts[name] = counts.get(name, 0) + int(count.replace(",", ""))
     return counts
 

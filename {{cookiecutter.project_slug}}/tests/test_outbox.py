@@ -205,3 +205,10 @@ def test_a_flag_set_from_another_thread_ends_a_wait():
     assert flag.wait(10)
     assert flag.is_set()
     setter.join()
+{%- if cookiecutter.worker_class == "gthread" %}
+
+
+def test_each_socket_of_the_app_waits_for_its_reader_on_a_flag(app):
+    # simple-websocket makes every socket's event from this class.
+    assert app.config["SOCK_SERVER_OPTIONS"]["event_class"] is Flag
+{%- endif %}

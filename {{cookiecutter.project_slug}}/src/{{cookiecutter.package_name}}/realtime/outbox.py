@@ -210,8 +210,8 @@ class Flag:
     deque besides (1.2 KB under gthread). Every message received passes
     through the reader's `set` and the handler's `wait` and `clear`, and
     an Event's `wait` makes a lock and a Condition's list entry each time:
-    with this one, gthread's worker runs 5 % fewer instructions per echo
-    message (measured in the template's benchmarks). Under gevent, whose
+    with this one, gthread's worker runs about 9 % fewer instructions per
+    echo message (measured in the template's benchmarks). Under gevent, whose
     Event is compiled, this one costs more and is not used.
 
     `set` may come from several threads at once (the reader, the writer, a
