@@ -1,7 +1,10 @@
-"""Instructions per echo message, counted: the baseline's and the service's.
+"""Instructions per echo message and per handshake, counted: the baseline's,
+the service's and, if asked, the floor's (floor_app.py).
 
     BAKE/.venv/bin/python /path/to/benchmarks/instructions.py /tmp/bakes/NAME \\
         --sockets 1,100 --messages 2000 --json instructions-gthread.json
+    BAKE/.venv/bin/python /path/to/benchmarks/instructions.py /tmp/bakes/NAME \\
+        --sockets "" --handshakes 300 --floor token,user,count
 
 A rate, or CPU time from /proc, moves by a tenth or more between rounds on
 this shared machine, more than what a change to the per-message path is
@@ -19,11 +22,16 @@ straight from gunicorn with the settings of profile_handshake.py) runs as
 one gunicorn worker of the bake's worker class under valgrind's callgrind,
 counting nothing until the sockets are open and have echoed a warm-up; then
 `--messages` round trips on `--sockets` sockets at once (a raw-socket client,
-outside valgrind), and the count stops.
+outside valgrind), and the count stops. With `--handshakes N`, the same for
+N handshakes, `--concurrency` at a time, each the whole life of a socket as
+profile_handshake.py times it (upgrade, 101, close 1000, the server's end of
+TCP), after a warm-up of handshakes; `--floor STEPS` counts floor_app.py with
+those FLOOR_STEPS as a third target.
 
 What is counted: the worker's instructions in user space (the interpreter,
 C extensions, libc), every thread of it. Not counted: the kernel's work (the
-system calls, the switches between threads) and the time spent waiting. So
+system calls, the switches between threads), the time spent waiting, and
+other processes (redis-server, the database's server if any). So
 the figures compare the code each message runs through, not the rates. The
 worker runs some 50 times slower under valgrind, and the other work it does
 in the span (the service's once-a-second message counts, its pings) is
@@ -35,6 +43,7 @@ Needs valgrind (Debian's package). Only loopback addresses are used.
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -50,6 +59,7 @@ import profile_handshake as ph
 # calls of each code path, the worker's threads or greenlets all started.
 WARM_UP_EACH = 3
 WARM_UP_AT_LEAST = 300
+WARM_UP_HANDSHAKES = 60
 BOOT_SECONDS = 600  # the service's imports under valgrind take a minute or two
 
 
@@ -94,18 +104,19 @@ def command(bench: ph.Bench, target: str, out: Path) -> tuple[list, Path, dict]:
     # One worker, and time for it: under valgrind it misses gunicorn's
     # heartbeat of 30 s otherwise.
     one_worker = ["--workers", "1", "--timeout", "900"]
-    if target == "baseline":
-        gunicorn = [str(c) for c in bench.baseline_command("baseline_app:app")]
-        gunicorn[gunicorn.index("--workers") : gunicorn.index("--workers") + 2] = []
-        gunicorn[gunicorn.index("--timeout") : gunicorn.index("--timeout") + 2] = []
-        env = {**os.environ, "REDIS_URL": bench.settings["REDIS_URL"]}
-        return [*valgrind, *gunicorn, *one_worker], ph.BENCHMARKS, env
-    gunicorn = [bench.bin / "gunicorn", "-c", "gunicorn.conf.py"]
-    gunicorn += ["--bind", "127.0.0.1:{port}"]
-    return [*valgrind, *gunicorn, *one_worker], bench.bake, bench.env()
+    if target == "service":
+        gunicorn = [bench.bin / "gunicorn", "-c", "gunicorn.conf.py"]
+        gunicorn += ["--bind", "127.0.0.1:{port}"]
+        return [*valgrind, *gunicorn, *one_worker], bench.bake, bench.env()
+    app = "baseline_app:app" if target == "baseline" else "floor_app:app"
+    gunicorn = [str(c) for c in bench.baseline_command(app)]
+    gunicorn[gunicorn.index("--workers") : gunicorn.index("--workers") + 2] = []
+    gunicorn[gunicorn.index("--timeout") : gunicorn.index("--timeout") + 2] = []
+    env = {**os.environ, "REDIS_URL": bench.settings["REDIS_URL"]}
+    return [*valgrind, *gunicorn, *one_worker], ph.BENCHMARKS, env
 
 
-async def echo_on(port: int, path: str, token, sockets: int, each: int, between):
+async def echo_on(port: int, path: str, token, between, *, sockets: int, each: int):
     """Open `sockets`, warm them up, call `between()` (the count starts), then
     `each` round trips on every socket at once; returns the seconds taken."""
     request = ph.upgrade_request(path, port, token)
@@ -127,17 +138,34 @@ async def echo_on(port: int, path: str, token, sockets: int, each: int, between)
     return elapsed
 
 
-def count(bench: ph.Bench, target: str, sockets: int, each: int) -> Path:
-    """Run one target under callgrind; the output file of its worker."""
-    out = bench.workdir / f"callgrind-{target}-{sockets}"
+async def handshakes_on(port: int, path: str, token, between, *, count, at_once):
+    """Warm up with handshakes, call `between()` (the count starts), then
+    `count` handshakes, `at_once` at a time; returns the seconds taken."""
+    await ph.handshakes(port, path, token, WARM_UP_HANDSHAKES, at_once)
+    between()
+    started = time.perf_counter()
+    await ph.handshakes(port, path, token, count, at_once)
+    return time.perf_counter() - started
+
+
+def count(bench: ph.Bench, target: str, works: dict) -> dict[str, Path]:
+    """Run one target under callgrind, booted once, while each of `works`
+    ({name: work(port, path, token, between)}) talks to it in turn;
+    {name: the callgrind file of the worker's count for that work}."""
+    out = bench.workdir / f"callgrind-{target}"
     argv, folder, env = command(bench, target, out)
+    token = None
+    if target.startswith("floor:"):
+        floor_env, token = bench.floor_environment(target.removeprefix("floor:"))
+        env = {**env, **floor_env}
     port = ph.free_port()
     argv = [str(c).replace("{port}", str(port)) for c in argv]
-    log = (bench.workdir / f"{target}-{sockets}.log").open("w")
+    log = (bench.workdir / f"{target}.log").open("w")
     process = subprocess.Popen(
         argv, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     bench.processes.append(process)
+    files = {}
     try:
         ph.wait_for_port(port, process, seconds=BOOT_SECONDS)
         deadline = time.monotonic() + BOOT_SECONDS
@@ -145,8 +173,9 @@ def count(bench: ph.Bench, target: str, sockets: int, each: int) -> Path:
             assert time.monotonic() < deadline, "no worker started"
             time.sleep(0.5)
         (worker,) = workers
-        token = bench.token(port) if target == "service" else None
-        path = "/ws/echo" if target == "service" else "/echo"
+        if target == "service":
+            token = bench.token(port)
+        path = "/echo" if target == "baseline" else "/ws/echo"
 
         def control(*options: str) -> None:
             subprocess.run(
@@ -155,59 +184,85 @@ def count(bench: ph.Bench, target: str, sockets: int, each: int) -> Path:
                 capture_output=True,
             )
 
-        seconds = asyncio.run(
-            echo_on(port, path, token, sockets, each, lambda: control("-i", "on"))
-        )
-        control("-i", "off")
-        control("-d")
-        print(f"{target}, {sockets} sockets: {seconds:.1f} s under valgrind")
+        for name, work in works.items():
+            dumped = set(bench.workdir.glob(f"{out.name}.{worker}.*"))
+            seconds = asyncio.run(work(port, path, token, lambda: control("-i", "on")))
+            control("-i", "off")
+            control("-d")  # writes the count so far, and zeroes it
+            (files[name],) = set(bench.workdir.glob(f"{out.name}.{worker}.*")) - dumped
+            print(f"{target}, {name}: {seconds:.1f} s under valgrind")
     finally:
         ph.stop(process)
-    dumps = sorted(bench.workdir.glob(f"{out.name}.{worker}.*"))
-    assert dumps, f"callgrind wrote no dump for worker {worker}"
-    return dumps[-1]
+    return files
+
+
+def compare(files: dict[str, Path], units: int, unit: str, top: int) -> dict:
+    """Instructions per unit of each target, each against the baseline's."""
+    per_unit = {t: callgrind_total(f) / units for t, f in files.items()}
+    ratios = {t: n / per_unit["baseline"] for t, n in per_unit.items()}
+    entry = {unit + "s": units, "per_" + unit: per_unit, "ratios": ratios}
+    print(
+        f"  instructions per {unit}: "
+        + ", ".join(f"{t} {n:,.0f} (x{ratios[t]:.3f})" for t, n in per_unit.items())
+    )
+    if top:
+        counts = {t: by_function(f) for t, f in files.items()}
+        names = set(counts["baseline"]) | set(counts["service"])
+        differences = sorted(
+            (
+                (counts["service"].get(n, 0) - counts["baseline"].get(n, 0)) / units,
+                n,
+            )
+            for n in names
+        )
+        entry["most_added"] = differences[::-1][:top]
+        entry["most_saved"] = differences[:top]
+        print("  the service's most added, by C function:")
+        for difference, name in entry["most_added"]:
+            print(f"  {difference:+12,.0f}  {name}")
+    return entry
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bake", type=Path, help="a baked project with its .venv")
-    parser.add_argument("--sockets", default="1,100", help="e.g. 1,100")
+    parser.add_argument("--sockets", default="1,100", help='e.g. 1,100; "" for none')
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--handshakes", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        metavar="STEPS",
+        help="also count floor_app.py with these FLOOR_STEPS (may be repeated)",
+    )
     parser.add_argument("--top", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pf-instructions-"))
     bench = ph.Bench(args.bake.resolve(), workdir)
+    targets = ["baseline", "service", *(f"floor:{steps}" for steps in args.floor)]
     report = {"worker_class": bench.worker_class, "messages": args.messages}
+    works, units = {}, {}
+    for sockets in [int(n) for n in args.sockets.split(",") if n]:
+        each = max(1, args.messages // sockets)
+        name = f"sockets={sockets}"
+        works[name] = functools.partial(echo_on, sockets=sockets, each=each)
+        units[name] = (each * sockets, "message")
+    if args.handshakes:
+        name = f"handshakes={args.handshakes}"
+        works[name] = functools.partial(
+            handshakes_on, count=args.handshakes, at_once=args.concurrency
+        )
+        units[name] = (args.handshakes, "handshake")
     try:
-        for sockets in [int(n) for n in args.sockets.split(",")]:
-            each = max(1, args.messages // sockets)
-            messages = each * sockets
-            files = {t: count(bench, t, sockets, each) for t in ("baseline", "service")}
-            per_message = {t: callgrind_total(f) / messages for t, f in files.items()}
-            ratio = per_message["service"] / per_message["baseline"]
-            entry = {"messages": messages, "per_message": per_message, "ratio": ratio}
-            print(
-                f"{sockets} sockets, {messages} messages: instructions per message "
-                f"baseline {per_message['baseline']:,.0f}, "
-                f"service {per_message['service']:,.0f} (x{ratio:.3f})"
+        files = {target: count(bench, target, works) for target in targets}
+        for name, (number, unit) in units.items():
+            print(f"{name}: {number} {unit}s")
+            report[name] = compare(
+                {t: files[t][name] for t in targets}, number, unit, args.top
             )
-            if args.top:
-                counts = {t: by_function(f) for t, f in files.items()}
-                names = set(counts["baseline"]) | set(counts["service"])
-                differences = sorted(
-                    (
-                        (counts["service"].get(n, 0) - counts["baseline"].get(n, 0))
-                        / messages,
-                        n,
-                    )
-                    for n in names
-                )
-                entry["most_added"] = differences[::-1][: args.top]
-                entry["most_saved"] = differences[: args.top]
-                for difference, name in entry["most_added"]:
-                    print(f"  {difference:+9,.0f}  {name}")
-            report[f"sockets={sockets}"] = entry
     finally:
         bench.close()
     if args.json:

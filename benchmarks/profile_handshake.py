@@ -342,11 +342,9 @@ class Bench:
             app,
         ]
 
-    def floor(self, steps: str):
-        """benchmarks/floor_app.py with FLOOR_STEPS=steps, gunicorn as the
-        baseline's; returns (process, port, token)."""
+    def floor_environment(self, steps: str) -> tuple[dict, str]:
+        """(floor_app.py's environment with FLOOR_STEPS=steps, a token it takes)"""
         secret = secrets.token_urlsafe(32)
-        command = [str(c) for c in self.baseline_command("floor_app:app")]
         env = {
             **os.environ,
             "REDIS_URL": self.settings["REDIS_URL"],
@@ -354,12 +352,19 @@ class Bench:
             "FLOOR_SECRET": secret,
             "FLOOR_DATABASE": str(self.workdir / f"floor-{len(self.processes)}.db"),
         }
+        from floor_app import make_token  # needs itsdangerous: the bake's python
+
+        return env, make_token(secret)
+
+    def floor(self, steps: str):
+        """benchmarks/floor_app.py with FLOOR_STEPS=steps, gunicorn as the
+        baseline's; returns (process, port, token)."""
+        env, token = self.floor_environment(steps)
+        command = [str(c) for c in self.baseline_command("floor_app:app")]
         process, port = self.start(
             command, BENCHMARKS, env, f"floor-{steps.replace(',', '-')}"
         )
-        from floor_app import make_token  # needs itsdangerous: the bake's python
-
-        return process, port, make_token(secret)
+        return process, port, token
 
     def service(self, **extra):
         command = [

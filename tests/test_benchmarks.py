@@ -981,21 +981,23 @@ def test_profile_handshake_times_the_floor_beside_the_baseline_and_service(
 
 
 @pytest.mark.slow
-def test_instructions_counts_the_echo_messages_of_the_baseline_and_the_service(
+def test_instructions_counts_echo_messages_and_handshakes_of_each_target(
     redis_gevent_bake, tmp_path
 ):
-    """benchmarks/instructions.py, small: both targets run under callgrind,
-    answer every echo, and each message is counted at what one costs: tens
-    or hundreds of thousands of instructions, not nothing (the count missed
-    the worker) nor millions (it took in the boot or the warm-up)."""
+    """benchmarks/instructions.py, small: the baseline, the service and a
+    floor run under callgrind, each booted once, answer every echo and every
+    handshake, and each is counted at what one costs: tens or hundreds of
+    thousands of instructions a message and millions a handshake, not nothing
+    (the count missed the worker) nor ten times that (it took in the boot or
+    the warm-up)."""
     require(shutil.which("valgrind") is not None, "valgrind is not installed")
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
     report_path = tmp_path / "instructions.json"
     python = str(redis_gevent_bake / ".venv" / "bin" / "python")
     result = run(
         [python, str(INSTRUCTIONS), str(redis_gevent_bake)]
-        # One socket count: each boots both targets under valgrind.
         + ["--sockets", "2", "--messages", "30", "--top", "5"]
+        + ["--handshakes", "20", "--concurrency", "5", "--floor", "token,user,count"]
         + ["--json", str(report_path)],
         cwd=tmp_path,
         timeout=900,
@@ -1003,10 +1005,22 @@ def test_instructions_counts_the_echo_messages_of_the_baseline_and_the_service(
     assert result.returncode == 0, result.stdout[-3000:]
     report = json.loads(report_path.read_text())
     assert report["worker_class"] == "gevent"
-    entry = report["sockets=2"]
-    assert entry["messages"] == 30
-    for target in ("baseline", "service"):
-        assert 20_000 < entry["per_message"][target] < 2_000_000, entry
-    ratio = entry["per_message"]["service"] / entry["per_message"]["baseline"]
-    assert entry["ratio"] == pytest.approx(ratio)
-    assert len(entry["most_added"]) == len(entry["most_saved"]) == 5
+    targets = ["baseline", "service", "floor:token,user,count"]
+    plausible = {
+        "sockets=2": (20_000, 2_000_000),
+        "handshakes=20": (500_000, 50_000_000),
+    }
+    for name, (low, high) in plausible.items():
+        entry = report[name]
+        unit = "message" if name.startswith("sockets") else "handshake"
+        assert entry[unit + "s"] == (30 if unit == "message" else 20)
+        per_unit = entry["per_" + unit]
+        assert sorted(per_unit) == sorted(targets)
+        for target in targets:
+            assert low < per_unit[target] < high, entry
+            assert entry["ratios"][target] == pytest.approx(
+                per_unit[target] / per_unit["baseline"]
+            )
+        assert len(entry["most_added"]) == len(entry["most_saved"]) == 5
+    # A handshake costs the service more than the baseline's: it does more.
+    assert report["handshakes=20"]["ratios"]["service"] > 1
