@@ -4,11 +4,13 @@ nginx chooses when it stands in front and the app returns on HTTP answers."""
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import requests
 from websockets.exceptions import InvalidStatus
+
+from {{ cookiecutter.package_name }}.logs import utc_time
 
 from .conftest import (
     bearer_token,
@@ -226,3 +228,17 @@ def test_each_request_gets_an_id_of_its_own(client):
     assert missing.status_code == 404
     assert MADE_HERE.fullmatch(missing.headers["X-Request-ID"])
     assert missing.headers["X-Request-ID"] not in ids
+
+
+def test_each_lines_time_is_utc_to_the_millisecond():
+    """The time of each line, in ISO 8601, as datetime writes it, whether the
+    line falls in the same second as the one before it or not."""
+    second = datetime(2026, 11, 29, 21, 8, 24, tzinfo=UTC).timestamp()
+    # The next second's first millisecond, rounded up from its last microsecond.
+    carried = second + 0.9999996
+    for created in [second + 0.733, second + 0.0004, carried, second + 1.999]:
+        expected = datetime.fromtimestamp(created, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        assert utc_time(created) == expected
+    assert utc_time(second + 0.733) == "2026-11-29T21:08:24.733+00:00"

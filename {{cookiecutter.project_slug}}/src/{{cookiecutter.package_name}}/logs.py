@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from flask import Flask, g, has_request_context, request
 
 HEADER = "X-Request-ID"
+# The same header in the WSGI environ, where a request's headers are read from.
+HEADER_IN_ENVIRON = "HTTP_" + HEADER.upper().replace("-", "_")
 # Where a request's id, user and route wait for gunicorn's access line, which
 # is written after the app is done with the request (the WSGI environ).
 ENVIRON_KEYS = {
@@ -73,14 +75,16 @@ def init_app(app: Flask) -> None:
 
 
 def start_request() -> None:
-    request_id = request.headers.get(HEADER, "")
-    trusted = FROM_TRUSTED_PROXY in request.environ
+    # Every request runs this: `request` looked up once, not five times.
+    environ = request.environ
+    request_id = environ.get(HEADER_IN_ENVIRON, "")
+    trusted = FROM_TRUSTED_PROXY in environ
     if not (trusted and WELL_FORMED_ID.fullmatch(request_id)):
         request_id = uuid.uuid4().hex
     g.request_id = request_id
-    request.environ[ENVIRON_KEYS["request_id"]] = request_id
-    if request.url_rule is not None:
-        request.environ[ENVIRON_KEYS["route"]] = request.url_rule.rule
+    environ[ENVIRON_KEYS["request_id"]] = request_id
+    if (rule := request.url_rule) is not None:
+        environ[ENVIRON_KEYS["route"]] = rule.rule
 
 
 def note_user(user_id: int) -> None:
@@ -103,9 +107,14 @@ def request_fields() -> dict:
     own in `extra=` (realtime/connections.py), which win over these."""
     if not has_request_context():
         return {}
-    fields = {"request_id": g.get("request_id"), "user": g.get("log_user")}
-    if request.url_rule is not None:
-        fields["route"] = request.url_rule.rule
+    # Each use of `g` or `request` looks its object up again: once each here.
+    request_globals = g._get_current_object()
+    fields = {
+        "request_id": request_globals.get("request_id"),
+        "user": request_globals.get("log_user"),
+    }
+    if (rule := request.url_rule) is not None:
+        fields["route"] = rule.rule
     return fields
 
 
@@ -134,9 +143,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "time": utc_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
@@ -157,7 +164,31 @@ class JsonFormatter(logging.Formatter):
             ).rstrip()
         elif record.stack_info:
             fields["stack"] = record.stack_info
-        return json.dumps(fields, default=str)
+        return ENCODER.encode(fields)
+
+
+# One encoder for every line: json.dumps(fields, default=str) makes a new one
+# each time. Whatever JSON cannot hold (a datetime in `extra=`) becomes text.
+ENCODER = json.JSONEncoder(default=str)
+# The second of the last line, and its text: lines come many a second.
+_last_second: tuple[int, str] = (-1, "")
+
+
+def utc_time(created: float) -> str:
+    """ISO 8601 in UTC, to the millisecond: 2026-11-29T21:08:24.733+00:00"""
+    global _last_second
+    # Rounded to the microsecond first, as datetime.fromtimestamp rounds.
+    second = int(created)
+    microseconds = round((created - second) * 1_000_000)
+    if microseconds == 1_000_000:
+        second, microseconds = second + 1, 0
+    seen, text = _last_second
+    if second != seen:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        # One assignment of a pair: a thread reading it meanwhile sees the
+        # old pair or the new one, never half of each.
+        _last_second = (second, text)
+    return f"{text}.{microseconds // 1000:03d}+00:00"
 
 
 def access_fields(atoms: Mapping) -> dict:
@@ -193,3 +224,6 @@ def configure_process(log_format: str) -> None:
     handler.setFormatter(formatter(log_format))
     logging.getLogger().handlers = [handler]
     logging.captureWarnings(log_format == "json")
+    # A gunicorn worker is one process: `processName` would only ever say
+    # MainProcess, and looking it up costs every line.
+    logging.logMultiprocessing = False
