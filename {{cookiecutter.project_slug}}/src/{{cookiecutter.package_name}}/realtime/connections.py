@@ -623,32 +623,37 @@ def websocket_handler(handler):
 
     @wraps(handler)
     def run(ws, *args, **kwargs):
+        # Each use of `current_app`, `request` or `g` looks its object up
+        # again, and this runs on every handshake: once each here.
+        app = current_app._get_current_object()
+        req = request._get_current_object()
+        request_globals = g._get_current_object()
         # The route as declared (/ws/echo), not the path: one series per route.
-        route = request.url_rule.rule
+        route = req.url_rule.rule
         user = current_user._get_current_object()
         if not isinstance(user, SocketUser):
             user = SocketUser(user.id, user.email, user.credential_version)
             # Where Flask-Login keeps the request's user: the User instance goes.
-            g._login_user = user
-        keep_what_the_socket_reads(request.environ)
+            request_globals._login_user = user
+        keep_what_the_socket_reads(req.environ)
         connection = Connection(
             ws,
             user=user.email,
-            send_queue_limit=current_app.config["WS_SEND_QUEUE_LIMIT"],
-            logger=current_app.logger,
+            send_queue_limit=app.config["WS_SEND_QUEUE_LIMIT"],
+            logger=app.logger,
             user_id=user.id,
             credential_version=user.credential_version,
             route=route,
-            request_id=g.get("request_id"),
+            request_id=request_globals.get("request_id"),
         )
-        registry = open_connections()
+        registry = app.extensions["open_connections"]
         registry.add(connection)
-        if g.pop("websocket_handshake", False):
+        if request_globals.pop("websocket_handshake", False):
             registry.end_handshake()
-        current_app.extensions["credential_check"].start()
-        if pinger := current_app.extensions.get("pinger"):
+        app.extensions["credential_check"].start()
+        if pinger := app.extensions.get("pinger"):
             pinger.start()
-        message_counts = current_app.extensions["message_counts"]
+        message_counts = app.extensions["message_counts"]
         message_counts.start()
         open_now = metrics.WEBSOCKET_CONNECTIONS.labels(route)
         open_now.inc()
@@ -664,22 +669,20 @@ def websocket_handler(handler):
         except ConnectionClosed:
             pass
         except Exception:
-            current_app.logger.exception(
-                "WebSocket handler for %s failed", request.path
-            )
+            app.logger.exception("WebSocket handler for %s failed", req.path)
             connection.close(INTERNAL_ERROR, "internal error")
         finally:
             registry.discard(connection)
             code = connection.finish()
             message_counts.add_last(connection)
             # Flask's work on the response goes (`App.process_response`).
-            g.websocket_closed = True
+            request_globals.websocket_closed = True
             open_now.dec()
             metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
             duration = time.monotonic() - opened_at
-            current_app.logger.info(
+            app.logger.info(
                 "WebSocket %s of %s closed with %d after %.1f s",
-                request.path,
+                req.path,
                 connection.user,
                 code,
                 duration,

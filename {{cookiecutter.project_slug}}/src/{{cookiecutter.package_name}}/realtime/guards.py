@@ -52,19 +52,20 @@ def before_websocket_handshake():
     rule = request.url_rule
     if rule is None or not rule.websocket:
         return None
-    if not getattr(current_app.view_functions[rule.endpoint], DECLARED, False):
-        current_app.logger.error(
+    app = current_app._get_current_object()  # looked up once, not three times
+    if not getattr(app.view_functions[rule.endpoint], DECLARED, False):
+        app.logger.error(
             "refusing a WebSocket on %s: its route was declared with sock.route; "
             "declare it with websocket_route (realtime/guards.py)",
             request.path,
         )
         return jsonify(error="this WebSocket route is misconfigured"), 500
     # First, before any work that a storm of handshakes would multiply.
-    if not open_connections().begin_handshake():
+    if not app.extensions["open_connections"].begin_handshake():
         metrics.HANDSHAKES[metrics.OVER_CAPACITY].inc()
         return refusal("too many WebSockets opening at once; retry later", 503)
     g.websocket_handshake = True
-    if not current_app.config["WS_COMPRESSION"]:
+    if not app.config["WS_COMPRESSION"]:
         # Without the client's offer, simple-websocket does not turn on
         # permessage-deflate, which inflates a message before its size is
         # checked (docs/websockets.md, "Inflate memory").
@@ -89,7 +90,9 @@ def admit_by_origin_login_and_room():
     if not origin_is_allowed():
         metrics.HANDSHAKES[metrics.FORBIDDEN_ORIGIN].inc()
         return jsonify(error="origin not allowed"), 403
-    if not current_user.is_authenticated:
+    # Loaded here (../auth/loaders.py); then looked up once, not at each use.
+    user = current_user._get_current_object()
+    if not user.is_authenticated:
         metrics.HANDSHAKES[metrics.UNAUTHENTICATED].inc()
         return (
             jsonify(error="authentication required"),
@@ -97,7 +100,7 @@ def admit_by_origin_login_and_room():
             {"WWW-Authenticate": 'Bearer realm="websocket"'},
         )
     try:
-        admitted = user_sockets().acquire(current_user.id)
+        admitted = user_sockets().acquire(user.id)
     except UserSocketsUnavailable as error:
         current_app.logger.warning("refusing a WebSocket: %s", error)
         metrics.HANDSHAKES[metrics.UNAVAILABLE].inc()
@@ -108,7 +111,7 @@ def admit_by_origin_login_and_room():
             f"you hold {user_sockets().limit} WebSockets already; close one first",
             429,
         )
-    g.websocket_user = current_user.id
+    g.websocket_user = user.id
     if not open_connections().reserve():
         # Refuse at once: a socket admitted beyond the worker's capacity would
         # wait for a free thread, and the health checks behind it too.
@@ -125,7 +128,7 @@ def admit_by_origin_login_and_room():
     current_app.logger.info(
         "WebSocket %s opened by %s from %s",
         request.path,
-        current_user.email,
+        user.email,
         request.remote_addr,
     )
     return None
@@ -134,13 +137,19 @@ def admit_by_origin_login_and_room():
 def release_places(_error: BaseException | None) -> None:
     """The app's `teardown_request`: the socket's request is over (closed, or
     refused after a count), so its places go back."""
-    if g.pop("websocket_handshake", False):  # ended before its socket opened
-        open_connections().end_handshake()
-    if g.pop("websocket_slot", False):
-        open_connections().release()
-    user_id = g.pop("websocket_user", None)
+    request_globals = g._get_current_object()  # looked up once, not three times
+    handshake = request_globals.pop("websocket_handshake", False)
+    slot = request_globals.pop("websocket_slot", False)
+    user_id = request_globals.pop("websocket_user", None)
+    if not (handshake or slot or user_id is not None):
+        return  # a page's request
+    connections = open_connections()
+    if handshake:  # ended before its socket opened
+        connections.end_handshake()
+    if slot:
+        connections.release()
     if user_id is not None:
-        user_sockets().release(user_id, worker_stopping=open_connections().stopping)
+        user_sockets().release(user_id, worker_stopping=connections.stopping)
 
 
 def refusal(message: str, status: int):
