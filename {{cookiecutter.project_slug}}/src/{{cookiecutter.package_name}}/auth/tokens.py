@@ -5,6 +5,8 @@ password change voids it before it expires.
 https://itsdangerous.palletsprojects.com/en/stable/timed/
 """
 
+from functools import lru_cache
+
 from flask import current_app
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -12,7 +14,14 @@ _SALT = "bearer-token"
 
 
 def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=_SALT)
+    return _serializer_for(current_app.config["SECRET_KEY"])
+
+
+@lru_cache(maxsize=4)
+def _serializer_for(secret_key: str) -> URLSafeTimedSerializer:
+    """Made once per key, not on every handshake: it holds nothing that
+    changes from one token to the next."""
+    return URLSafeTimedSerializer(secret_key, salt=_SALT)
 
 
 def issue_token(user_id: int, credential_version: int) -> str:

@@ -7,8 +7,9 @@ loud instead: a warning in the log, and under debug and tests an exception
 raised on the line that made the change.
 """
 
-from flask import Request, current_app, request, session
+from flask import Flask, Request, current_app, request, session
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 UNSAVED_CHANGE = (
     "the session was changed inside the WebSocket handler of %s; the change "
@@ -56,6 +57,21 @@ class WebSocketSession(SecureCookieSession):
 
 class WebSocketSessionInterface(SecureCookieSessionInterface):
     session_class = WebSocketSession
+    # The keys of the last serializer made, and the serializer.
+    _signing: tuple[tuple, URLSafeTimedSerializer | None] = ((), None)
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        """Flask's, made once for as long as the keys stay, rather than twice
+        on every request (to open the session and to save it): a handshake
+        with a bearer token has no cookie, and still paid for it."""
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        made_for, serializer = self._signing
+        if made_for != keys:
+            serializer = super().get_signing_serializer(app)
+            # One assignment of a pair: another thread sees the old pair or
+            # the new one.
+            self._signing = (keys, serializer)
+        return serializer
 
 
 def is_websocket(req: Request) -> bool:
