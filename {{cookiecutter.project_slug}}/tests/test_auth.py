@@ -5,8 +5,20 @@ import time
 from urllib.parse import urlencode
 
 import pytest
+from sqlalchemy import exc, select
 
-from .conftest import PASSWORD, csrf_token
+from {{ cookiecutter.package_name }}.auth.loaders import socket_user
+from {{ cookiecutter.package_name }}.auth.models import User
+from {{ cookiecutter.package_name }}.extensions import db
+
+from .conftest import (
+    PASSWORD,
+    csrf_token,
+{%- if cookiecutter.database == "postgresql" %}
+    free_port,
+{%- endif %}
+    make_app,
+)
 
 
 def test_users_create_refuses_a_duplicate_with_one_line(runner, user):
@@ -181,3 +193,52 @@ def test_login_takes_as_long_for_an_unknown_email_as_for_a_wrong_password(client
 
     ratio = median_ratio(attempt("nobody@example.com"), attempt(user))
     assert 0.5 <= ratio <= 2, f"an unknown email takes {ratio:.2f} times as long"
+
+
+def test_a_handshake_reads_the_users_id_email_and_version_and_gives_back_the_connection(
+    app, user
+):
+    """auth/loaders.py's `socket_user`: one query on a connection of the
+    engine's pool, which goes back to the pool."""
+    with app.app_context():
+        query = select(User).where(User.email == user)
+        account = db.session.execute(query).scalar_one()
+        found = socket_user(account.id)
+        assert (found.id, found.email, found.credential_version) == (
+            account.id,
+            user,
+            account.credential_version,
+        )
+        assert socket_user(account.id + 1) is None
+        db.session.remove()
+        assert db.engine.pool.checkedout() == 0
+
+
+def test_a_failed_handshake_query_raises_sqlalchemys_error_keeps_the_pool(app, user):
+    """A driver's error reaches the app as SQLAlchemy's (errors.py answers a
+    database that is down with 503), and the connection goes back to the pool
+    in a state the next handshake can use."""
+    with app.app_context():
+        account_id = db.session.execute(select(User.id)).scalar_one()
+        db.session.remove()
+        User.__table__.drop(db.engine)
+        with pytest.raises(exc.DBAPIError) as failed:
+            socket_user(account_id)
+        assert isinstance(failed.value.orig, db.engine.dialect.loaded_dbapi.Error)
+        assert not failed.value.connection_invalidated
+        assert db.engine.pool.checkedout() == 0
+        User.__table__.create(db.engine)
+        assert socket_user(account_id) is None
+
+
+def test_a_database_that_cannot_be_reached_fails_a_handshake_query_as_sqlalchemy_does(
+    app_settings, tmp_path
+):
+{%- if cookiecutter.database == "postgresql" %}
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+{%- else %}
+    unreachable = f"sqlite:///{tmp_path / 'no-such-folder' / 'app.db'}"
+{%- endif %}
+    app = make_app({**app_settings, "DATABASE_URL": unreachable})
+    with app.app_context(), pytest.raises(exc.OperationalError):
+        socket_user(1)

@@ -6,14 +6,17 @@ loads no user, so the request is treated as anonymous.
 
 A WebSocket handshake gets the light `SocketUser` (../realtime/connections.py)
 that its handler keeps anyway, from one small query of the three columns it
-needs, on a pooled connection without an ORM session. It is read from the
-database on every handshake, as a page's `User` is, so a credential version
-revoked a moment ago (by any worker, or by `users set-password` from a shell)
-is refused at once: nothing is cached between requests.
+needs, on a pooled connection without an ORM session (`socket_user`). It is
+read from the database on every handshake, as a page's `User` is, so a
+credential version revoked a moment ago (by any worker, or by `users
+set-password` from a shell) is refused at once: nothing is cached between
+requests.
 """
 
+from functools import lru_cache
+
 from flask import jsonify, redirect, request, url_for
-from sqlalchemy import bindparam, select
+from sqlalchemy import Dialect, bindparam, exc, select
 
 from .. import logs
 from ..extensions import db, login_manager
@@ -21,7 +24,7 @@ from ..realtime.connections import SocketUser
 from .models import User
 from .tokens import token_holder
 
-# Built once: SQLAlchemy caches its compiled form too.
+# A handshake's query, compiled once for the database's dialect (`socket_user`).
 SOCKET_USER = select(User.id, User.email, User.credential_version).where(
     User.id == bindparam("user_id")
 )
@@ -51,7 +54,7 @@ def load_user_from_bearer_token(req) -> User | SocketUser | None:
 def user_at_version(user_id: int, version: int) -> User | SocketUser | None:
     """The user, if their credential version is still `version`: a `User`
     for pages, a `SocketUser` for a WebSocket handshake."""
-    if request.url_rule is not None and request.url_rule.websocket:
+    if (rule := request.url_rule) is not None and rule.websocket:
         user = socket_user(user_id)
     else:
         user = db.session.get(User, user_id)
@@ -62,9 +65,59 @@ def user_at_version(user_id: int, version: int) -> User | SocketUser | None:
 
 
 def socket_user(user_id: int) -> SocketUser | None:
-    with db.engine.connect() as connection:
-        row = connection.execute(SOCKET_USER, {"user_id": user_id}).first()
+    """The user's id, email and credential version, by one SELECT on a DB-API
+    connection of the engine's pool.
+
+    SQLAlchemy's `Connection` and `Result` around that one query took about
+    a twentieth of a handshake's CPU (counted in the template's benchmarks):
+    every WebSocket pays it, and a reconnect storm pays it thousands of times
+    a second. Everything else stays SQLAlchemy's: the pool (its size and
+    timeout, `pool_pre_ping` under PostgreSQL), the SQL, compiled once for
+    the dialect, and the errors. A driver's error is raised as SQLAlchemy
+    raises it (`OperationalError` for a database that is down, which
+    ../errors.py answers with 503), and a connection that was lost is
+    dropped from the pool rather than handed to the next request.
+    """
+    engine = db.engine
+    sql, positional = compiled_socket_user(engine.dialect)
+    parameters = (user_id,) if positional else {"user_id": user_id}
+    driver_error = engine.dialect.loaded_dbapi.Error
+    try:
+        connection = engine.raw_connection()  # its close() gives it back
+    except driver_error as error:  # could not connect
+        raise exc.DBAPIError.instance(
+            sql, parameters, error, driver_error, dialect=engine.dialect
+        ) from error
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    except driver_error as error:
+        lost = engine.dialect.is_disconnect(error, connection.dbapi_connection, None)
+        if lost:
+            connection.invalidate(error)
+        raise exc.DBAPIError.instance(
+            sql,
+            parameters,
+            error,
+            driver_error,
+            connection_invalidated=lost,
+            dialect=engine.dialect,
+        ) from error
+    finally:
+        connection.close()
     return SocketUser(*row) if row is not None else None
+
+
+@lru_cache(maxsize=4)
+def compiled_socket_user(dialect: Dialect) -> tuple[str, bool]:
+    """(SOCKET_USER's SQL in the dialect's parameter style, whether its
+    parameters are positional)"""
+    compiled = SOCKET_USER.compile(dialect=dialect)
+    return str(compiled), compiled.positional
 
 
 @login_manager.unauthorized_handler
