@@ -17,16 +17,17 @@ sockets was 187,000 per message on a quiet machine and 217,000 on a loaded
 one. Compare the two targets of one run there, not runs.
 
 Run with a bake's own python (a project baked with broadcast=redis, as
-benchmarks/run.py bakes it). Each target (the baseline, then the service,
-straight from gunicorn with the settings of profile_handshake.py) runs as
-one gunicorn worker of the bake's worker class under valgrind's callgrind,
-counting nothing until the sockets are open and have echoed a warm-up; then
-`--messages` round trips on `--sockets` sockets at once (a raw-socket client,
-outside valgrind), and the count stops. With `--handshakes N`, the same for
-N handshakes, `--concurrency` at a time, each the whole life of a socket as
-profile_handshake.py times it (upgrade, 101, close 1000, the server's end of
-TCP), after a warm-up of handshakes; `--floor STEPS` counts floor_app.py with
-those FLOOR_STEPS as a third target.
+benchmarks/run.py bakes it). Each target (the baseline, the service, then
+each floor, straight from gunicorn with the settings of profile_handshake.py)
+boots once as one gunicorn worker of the bake's worker class under
+valgrind's callgrind and serves every count in turn. A count starts once
+the sockets are open and have echoed a warm-up; then `--messages` round
+trips on `--sockets` sockets at once (a raw-socket client, outside
+valgrind), and the count stops and is written. With `--handshakes N`, the
+same for N handshakes, `--concurrency` at a time, each the whole life of a
+socket as profile_handshake.py times it (upgrade, 101, close 1000, the
+server's end of TCP), after a warm-up of handshakes; `--floor STEPS` counts
+floor_app.py with those FLOOR_STEPS as one more target (may be repeated).
 
 What is counted: the worker's instructions in user space (the interpreter,
 C extensions, libc), every thread of it. Not counted: the kernel's work (the
@@ -36,7 +37,8 @@ the figures compare the code each message runs through, not the rates. The
 worker runs some 50 times slower under valgrind, and the other work it does
 in the span (the service's once-a-second message counts, its pings) is
 counted with the messages. `--top N` lists the functions (C-level: the
-interpreter's, an extension's) whose counts differ most between the two.
+interpreter's, an extension's) whose counts differ most between the service
+and the baseline.
 
 Needs valgrind (Debian's package). Only loopback addresses are used.
 """
