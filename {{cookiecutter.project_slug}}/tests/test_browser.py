@@ -403,6 +403,8 @@ def test_retry_waits_are_drawn_from_zero_to_a_doubling_ceiling(stack, open_page,
     range (none would, were they drawn from the upper half only)."""
     page = open_page()
     log_in(page, stack.url, alice)  # the demo page, which loads app.js
+    # The page's URL changes before its scripts have run: wait for app.js.
+    page.wait_for_function("typeof retryDelay === 'function'")
     draws = page.evaluate(DRAW_RETRY_DELAYS, DRAWS)
     for attempt, draw in enumerate(draws):
         ceiling = min(30_000, 500 * 2**attempt)
