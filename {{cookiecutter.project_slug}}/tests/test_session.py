@@ -81,3 +81,19 @@ def test_a_closed_sockets_response_is_left_alone(start_server, alice):
     log = server.log()
     assert log.count("after_request ran for /ws/request") == 1
     assert "after_request ran for /ws/request (401)" in log
+
+
+def test_the_session_serializer_is_kept_until_the_keys_change(app):
+    """realtime/session.py makes Flask's signing serializer once, not on every
+    request; a new key (with the old one among SECRET_KEY_FALLBACKS) gets a
+    new one, which still reads a cookie signed with the old key."""
+    interface = app.session_interface
+    first = interface.get_signing_serializer(app)
+    assert interface.get_signing_serializer(app) is first
+    cookie = first.dumps({"kept": "yes"})
+    old_key, app.secret_key = app.secret_key, secrets.token_urlsafe(48)
+    app.config["SECRET_KEY_FALLBACKS"] = [old_key]
+    rotated = interface.get_signing_serializer(app)
+    assert rotated is not first
+    assert rotated.loads(cookie) == {"kept": "yes"}
+    assert rotated.dumps({"kept": "yes"}) != cookie  # signed with the new key
