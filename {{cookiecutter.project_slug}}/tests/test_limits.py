@@ -166,6 +166,56 @@ def test_a_closed_sockets_lease_goes_back_to_redis(start_server, start_redis, al
     wait_until(lambda: leases_in(store.url) == {}, 10, "the lease given back")
 
 
+def test_the_count_stays_exact_when_redis_forgets_its_scripts(
+    start_server, start_redis, alice
+):
+    """A Redis that lost its scripts (SCRIPT FLUSH; a restart keeps no
+    script) answers the next lease, and the next place given back, without
+    running them: each is sent again whole, once, and counts once."""
+    store = start_redis()
+    server = start_server(REDIS_URL=store.url, WS_MAX_SOCKETS_PER_USER="1")
+    token = bearer_token(server, alice)
+    with redis.Redis.from_url(store.url) as client:
+        with open_socket(server, "/ws/echo", token=token) as ws:
+            ws.send("leased")
+            assert ws.recv(timeout=5) == "leased"
+            client.script_flush()  # before its place goes back
+        wait_until(lambda: leases_in(store.url) == {}, 10, "the place given back")
+
+        client.script_flush()  # before the next lease
+        with open_socket(server, "/ws/echo", token=token) as ws:
+            ws.send("leased again")
+            assert ws.recv(timeout=5) == "leased again"
+            assert leased_places(store.url) == 1
+            with pytest.raises(InvalidStatus) as refused:
+                open_socket(server, "/ws/echo", token=token)
+            assert refused.value.response.status_code == 429
+        wait_until(lambda: leases_in(store.url) == {}, 10, "the place given back")
+
+
+def test_the_first_handshake_after_a_redis_restart_is_admitted(
+    start_server, start_redis, alice
+):
+    """The worker's idle connection to Redis died with the old Redis: the next
+    lease notices it before sending and connects again, rather than fail that
+    handshake with 503. (The places leased before are gone with the old
+    Redis: the worker's next renewal writes its own count back.)"""
+    store = start_redis()
+    server = start_server(REDIS_URL=store.url, WEB_CONCURRENCY="1")
+    token = bearer_token(server, alice)
+    with open_socket(server, "/ws/echo", token=token) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=5) == "before"
+    wait_until(lambda: leases_in(store.url) == {}, 10, "the place given back")
+    store.stop()
+    store = start_redis(port=store.port)
+    with open_socket(server, "/ws/echo", token=token) as ws:
+        ws.send("after")
+        assert ws.recv(timeout=5) == "after"
+        assert leased_places(store.url) == 1
+    wait_until(lambda: leases_in(store.url) == {}, 10, "the place given back")
+
+
 def test_a_place_closed_on_one_instance_is_free_on_the_other_at_once(
     start_server, start_redis, alice
 ):

@@ -21,6 +21,7 @@ wait for Redis. A whole instance that dies stops counting after WORKER_TTL
 seconds, when nothing renews its workers any more.
 """
 
+import functools
 import os
 import socket
 import threading
@@ -29,6 +30,8 @@ from logging import Logger
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .user_sockets import UserSockets, UserSocketsUnavailable
@@ -81,6 +84,14 @@ def worker_hash(worker: str) -> str:
     return f"{PREFIX}:{worker}"
 
 
+@functools.lru_cache(maxsize=8)
+def worker_keys(pid: int) -> tuple[str, str]:
+    """(the worker's id, its hash's key): asked for twice a socket, and the
+    host's name is a system call."""
+    me = worker_id(pid)
+    return me, worker_hash(me)
+
+
 def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(
         url,
@@ -94,6 +105,68 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+class Scripts:
+    """Runs the lease and the giving back, one round trip each, on the path of
+    every handshake.
+
+    Through redis-py's client, each EVALSHA also took a connection from a pool
+    that first polls it for bytes left unread, went through a retry wrapper
+    (with no retries), the response callbacks and the client's observability
+    counters: twice the Python calls of the command itself, a twelfth of the
+    instructions of a whole handshake. Here a call takes an idle connection
+    from a list, checks it as that pool does (a connection that Redis closed
+    is made again), sends the command and reads its answer. The connections are
+    redis-py's own, made from the same URL, so its password, TLS, database
+    and timeouts apply. A connection on which anything failed (a timeout
+    included, whose answer may still come) is closed, never put back: no
+    answer left unread can reach the next command.
+
+    A Redis that does not know a script (it restarted, or its scripts were
+    flushed) answers NOSCRIPT without running it; the script is then sent
+    whole with EVAL, which Redis also caches for the next EVALSHA.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        pool = client.connection_pool
+        self._connect = functools.partial(
+            pool.connection_class, **pool.connection_kwargs
+        )
+        self._idle: list[redis.Connection] = []
+        self._pid = os.getpid()
+
+    def run(self, script: Script, keys: list, args: list):
+        connection = self._connection()
+        try:
+            try:
+                connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                answer = connection.read_response()
+            except NoScriptError:
+                connection.send_command("EVAL", script.script, len(keys), *keys, *args)
+                answer = connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        self._idle.append(connection)
+        return answer
+
+    def _connection(self) -> redis.Connection:
+        if self._pid != os.getpid():  # forked: the parent's are not ours
+            self._idle, self._pid = [], os.getpid()
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            return self._connect()  # it connects as it first sends
+        # Readable while idle, or failing: Redis closed it (a restart, its
+        # idle timeout). It connects again, rather than fail a handshake.
+        try:
+            usable = not connection.can_read()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            usable = False
+        if not usable:
+            connection.disconnect()
+        return connection
+
+
 class RedisUserSockets(UserSockets):
     """`UserSockets` (this worker's open sockets per user), each in a place
     this worker leases from Redis."""
@@ -104,6 +177,7 @@ class RedisUserSockets(UserSockets):
         self._lease = self._redis.register_script(LEASE)
         self._give_back = self._redis.register_script(GIVE_BACK)
         self._renew = self._redis.register_script(RENEW)
+        self._scripts = Scripts(self._redis)
         self._logger = logger
         # Calls that change this worker's hash in Redis (a lease asked, a
         # place given back) under way, and how many were ever made. A rewrite
@@ -124,10 +198,11 @@ class RedisUserSockets(UserSockets):
                 return False
             self._calling += 1
             self._calls += 1
-        me = worker_id(os.getpid())
+        me, my_hash = worker_keys(os.getpid())
         try:
-            granted = self._lease(
-                keys=[WORKERS, worker_hash(me)],
+            granted = self._scripts.run(
+                self._lease,
+                keys=[WORKERS, my_hash],
                 args=[user_id, self.limit, WORKER_TTL, me, f"{PREFIX}:"],
             )
         except redis.RedisError as error:
@@ -155,7 +230,9 @@ class RedisUserSockets(UserSockets):
             self._calling += 1
             self._calls += 1
         try:
-            self._give_back(keys=[worker_hash(worker_id(os.getpid()))], args=[user_id])
+            self._scripts.run(
+                self._give_back, keys=[worker_keys(os.getpid())[1]], args=[user_id]
+            )
         except redis.RedisError as error:
             self._out_of_sync = True
             self._logger.warning("could not give a socket's place back: %s", error)
