@@ -12,7 +12,10 @@ least:
   worker (one SELECT by primary key, SQLite, on a pooled connection);
 - `count`: the holder's sockets across workers and instances, in Redis: one
   round trip to count the socket in (refused past the limit), one to count
-  it out when it closes.
+  it out when it closes. Each is a command sent on one of redis-py's
+  connections and its answer read, without the client's pool, retry and
+  callbacks, as the service runs its leases (realtime/redis_user_sockets.py,
+  `Scripts`).
 
 FLOOR_STEPS (comma-separated, default all three) picks which of them run, so
 that each one's share can be measured. No Origin check, logging, metrics,
@@ -44,6 +47,43 @@ app = Flask(__name__)
 sock = Sock(app)
 tokens = URLSafeTimedSerializer(os.environ.get("FLOOR_SECRET", "floor"), salt=SALT)
 redis_client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1"))
+
+
+class Counts:
+    """INCR and DECR, one round trip each, on connections kept idle in a list.
+    An idle connection that Redis closed is made again before it is used, as
+    the service's (a restarted Redis would otherwise fail a handshake); one on
+    which anything failed is closed, not kept."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        pool = client.connection_pool
+        self._kwargs = pool.connection_kwargs
+        self._class = pool.connection_class
+        self._idle: list = []
+
+    def call(self, *command):
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            connection = self._class(**self._kwargs)
+        else:
+            try:
+                usable = not connection.can_read()
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                usable = False
+            if not usable:
+                connection.disconnect()
+        try:
+            connection.send_command(*command)
+            answer = connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        self._idle.append(connection)
+        return answer
+
+
+counts = Counts(redis_client)
 
 
 def make_token(secret: str, user_id: int = USER_ID, version: int = 0) -> str:
@@ -105,8 +145,8 @@ def admit():
         abort(401)
     if "count" in STEPS:
         key = f"floor:sockets:{user_id}"
-        if redis_client.incr(key) > LIMIT:
-            redis_client.decr(key)
+        if counts.call("INCR", key) > LIMIT:
+            counts.call("DECR", key)
             abort(429)
         g.counted = key
 
@@ -114,7 +154,7 @@ def admit():
 @app.teardown_request
 def count_out(_exc):
     if key := g.pop("counted", None):
-        redis_client.decr(key)
+        counts.call("DECR", key)
 
 
 @app.get("/count")
