@@ -250,4 +250,36 @@ def test_with_redis_down_logins_still_work_and_are_still_limited(
         assert ask_token(server, victim, WRONG, new_address()).status_code == 401
     assert_refused_as_json(ask_token(server, victim, PASSWORD, new_address()))
     assert ask_token(server, user, PASSWORD, new_address()).status_code == 200
+
+
+def test_once_redis_is_back_the_counts_are_shared_again(
+    start_server, start_redis, make_user
+):
+    """A worker that counted in its memory while Redis was away tries Redis
+    again a few seconds later, and from then on counts there: another
+    instance sees its tries."""
+    redis = start_redis()
+    first, second = (
+        start_server(REDIS_URL=redis.url, WEB_CONCURRENCY="1", **LIMITS)
+        for _ in range(2)
+    )
+    redis.stop()
+    assert ask_token(first, make_user(), WRONG, new_address()).status_code == 401
+    assert "cannot count password tries in Redis" in first.log()
+    redis = start_redis(port=redis.port)
+    back = "counting password tries in Redis again"
+    # Each try on the way names an account of its own (none that exists).
+    strangers = (f"stranger{n}@example.com" for n in itertools.count())
+    wait_until(
+        lambda: (
+            ask_token(first, next(strangers), WRONG, new_address()).status_code == 401
+            and back in first.log()
+        ),
+        timeout=30,
+        what="the worker to count in Redis again",
+    )
+    victim = make_user()
+    for _ in range(PER_ACCOUNT):
+        assert ask_token(first, victim, WRONG, new_address()).status_code == 401
+    assert_refused_as_json(ask_token(second, victim, PASSWORD, new_address()))
 {%- endif %}

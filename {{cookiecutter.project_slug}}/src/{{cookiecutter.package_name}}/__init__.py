@@ -8,7 +8,7 @@ from flask import Flask, Response, g
 from . import logs
 from .config import Settings
 from .errors import register_error_handlers
-from .extensions import csrf, db, limiter, login_manager, migration_commands, sock
+from .extensions import csrf, db, login_manager, migration_commands, sock
 from .proxy import trust_forwarded_headers
 from .security import register_security_headers
 
@@ -18,15 +18,14 @@ class App(Flask):
 
     A WebSocket's request ends when its socket closes. Flask then runs every
     `after_request` hook on the view's response (the security headers, the
-    request id, Flask-Login's remember cookie, Flask-Limiter's headers) and
-    saves the session into it. None of that reaches the client: the 101 went
-    out before the handler ran, and the connection is over. When a deploy
-    closes thousands of sockets at once, that work took a sixth to a third of
-    the CPU each close cost the stopping worker (measured in the template's
-    benchmarks): CPU that the clients coming back to the new workers wait
-    for. A handshake refused before its 101 (401, 403, 429, 503) is an HTTP
-    response like any other and gets all of it; the teardown hooks run for
-    every request.
+    request id, Flask-Login's remember cookie) and saves the session into it.
+    None of that reaches the client: the 101 went out before the handler ran,
+    and the connection is over. When a deploy closes thousands of sockets at
+    once, that work took a sixth to a third of the CPU each close cost the
+    stopping worker (measured in the template's benchmarks): CPU that the
+    clients coming back to the new workers wait for. A handshake refused before
+    its 101 (401, 403, 429, 503) is an HTTP response like any other and gets
+    all of it; the teardown hooks run for every request.
     """
 
     def process_response(self, response: Response) -> Response:
@@ -64,7 +63,6 @@ def register_extensions(app: Flask) -> None:
     app.cli.add_command(migration_commands)
     csrf.init_app(app)
     login_manager.init_app(app)
-    limiter.init_app(app)
     sock.init_app(app)
 
 
@@ -73,7 +71,7 @@ def register_blueprints(app: Flask) -> None:
 
     app.register_blueprint(health.bp)
     metrics.init_app(app)
-    app.register_blueprint(auth.bp)
+    auth.init_app(app)
     app.register_blueprint(pages.bp)
     realtime.init_app(app)
 

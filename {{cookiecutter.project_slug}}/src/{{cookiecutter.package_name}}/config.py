@@ -268,28 +268,23 @@ class Settings(BaseSettings):
             # connection: no pre-ping, which would cost every request a query.
             "SQLALCHEMY_ENGINE_OPTIONS": {},
 {%- endif %}
-            # For auth/limits.py, which reads AUTH_LIMIT_PER_*. A moving
-            # window: a fixed one lets twice the limit through across the turn
-            # of a minute.
-            # https://flask-limiter.readthedocs.io/en/stable/configuration.html
-            "RATELIMIT_STRATEGY": "moving-window",
-            "RATELIMIT_KEY_PREFIX": "{{ cookiecutter.package_name }}",
+            # Where auth/limits.py counts tries at passwords (AUTH_LIMIT_PER_*).
+            "ATTEMPTS_KEY_PREFIX": "{{ cookiecutter.package_name }}",
 {%- if cookiecutter.broadcast == "redis" %}
             # Shared by every worker and instance. With Redis down each worker
             # counts on its own rather than refuse every login.
-            "RATELIMIT_STORAGE_URI": self.REDIS_URL,
+            "ATTEMPTS_STORAGE_URI": self.REDIS_URL,
             # Given up on after 2 s, not resent: redis-py's default retries
             # would hold a login for many seconds while Redis is away.
-            "RATELIMIT_STORAGE_OPTIONS": {
+            "ATTEMPTS_STORAGE_OPTIONS": {
                 "socket_connect_timeout": 2,
                 "socket_timeout": 2,
                 "retry": Retry(NoBackoff(), 0),
             },
-            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
 {%- else %}
             # Counted in each worker's memory: exact with one worker
             # (WEB_CONCURRENCY=1, the default here), per worker with more.
-            "RATELIMIT_STORAGE_URI": "memory://",
+            "ATTEMPTS_STORAGE_URI": "memory://",
 {%- endif %}
             "WEBSOCKETS_PER_WORKER": self.websockets_per_worker,
             # https://flask.palletsprojects.com/en/stable/web-security/#set-cookie-options

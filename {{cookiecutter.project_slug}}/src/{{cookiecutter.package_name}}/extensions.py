@@ -3,8 +3,6 @@
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_sock import Sock
 from flask_sqlalchemy import SQLAlchemy
@@ -20,9 +18,6 @@ db = SQLAlchemy(model_class=Base)
 login_manager = LoginManager()
 csrf = CSRFProtect()
 sock = Sock()
-# Keyed by the client's address: behind nginx, the one proxy.py trusts.
-# The limits themselves are in auth/limits.py.
-limiter = Limiter(get_remote_address)
 
 
 class MigrationCommands(AppGroup):

@@ -10,18 +10,17 @@ from flask import (
     request,
     url_for,
 )
-from flask_limiter import RateLimitExceeded
 from flask_login import current_user, login_required, login_user, logout_user
 
 from ..extensions import csrf, db
 from ..realtime.revocations import close_revoked_sockets
 from .forms import ChangePasswordForm, LoginForm, LogoutForm, RegisterForm
-from .limits import per_account, per_address, too_many_attempts
+from .limits import TooManyAttempts, limit_attempts, too_many_attempts
 from .models import AccountError, User, change_password, create_user
 from .tokens import issue_token
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
-bp.register_error_handler(RateLimitExceeded, too_many_attempts)
+bp.register_error_handler(TooManyAttempts, too_many_attempts)
 
 # `next` decoded this many times and still not plain is refused, not decoded on.
 MAX_DECODES = 4
@@ -68,8 +67,7 @@ def inject_logout_form() -> dict:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@per_address
-@per_account
+@limit_attempts
 def login():
     form = LoginForm()
     if form.validate_on_submit():
@@ -83,8 +81,7 @@ def login():
 
 
 @bp.route("/register", methods=["GET", "POST"])
-@per_address
-@per_account
+@limit_attempts
 def register():
     form = RegisterForm()
     if form.validate_on_submit():
@@ -116,8 +113,7 @@ def logout():
 
 @bp.route("/password", methods=["GET", "POST"])
 @login_required
-@per_address
-@per_account
+@limit_attempts
 def password():
     form = ChangePasswordForm()
     if form.validate_on_submit():
@@ -142,8 +138,7 @@ def password():
 
 @bp.post("/token")
 @csrf.exempt  # HTTP Basic credentials are not sent by browsers on their own.
-@per_address
-@per_account
+@limit_attempts
 def token():
     credentials = request.authorization
     user = None

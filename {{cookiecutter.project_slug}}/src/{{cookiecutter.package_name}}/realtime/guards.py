@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from flask_login import current_user, login_required
 
 from .. import metrics
-from ..extensions import db, limiter, sock
+from ..extensions import db, sock
 from .connections import open_connections, websocket_handler
 from .session import make_session_read_only
 from .user_sockets import UserSockets, UserSocketsUnavailable
@@ -71,15 +71,6 @@ def before_websocket_handshake():
         # checked (docs/websockets.md, "Inflate memory").
         request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     return admit_by_origin_login_and_room()
-
-
-@limiter.request_filter
-def handshake_skips_flask_limiter() -> bool:
-    """Flask-Limiter's limits are those of ../auth/limits.py, on the pages that
-    check passwords; a handshake has its own counts, above. Telling it so
-    spares every handshake its lookup."""
-    rule = request.url_rule
-    return rule is not None and rule.websocket
 
 
 def admit_by_origin_login_and_room():
