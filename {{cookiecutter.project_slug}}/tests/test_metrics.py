@@ -72,6 +72,24 @@ def metric_becomes(server, name: str, value: float, **labels: str) -> None:
         time.sleep(0.05)
 
 
+def settled(server, values) -> Scrape:
+    """A scrape once `values(scrape)` has not moved for longer than a worker
+    takes to add its sockets' message counts (every second): every message
+    sent before the call is counted in it."""
+    deadline = time.monotonic() + METRIC_DEADLINE
+    scrape = Scrape(server)
+    steady_since = time.monotonic()
+    while time.monotonic() - steady_since < 1.5:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the counts kept moving for {METRIC_DEADLINE} s")
+        time.sleep(0.1)
+        again = Scrape(server)
+        if values(again) != values(scrape):
+            steady_since = time.monotonic()
+        scrape = again
+    return scrape
+
+
 def workers_that_opened_sockets(server) -> set[int]:
     """The pids of the workers whose log says they accepted a socket."""
     return {
@@ -286,7 +304,15 @@ def test_chat_delivery_is_observed_once_per_socket_reached(
             for email in clients
         ]
         join_chat(*sockets)
-        before = Scrape(server)
+        # The markers join_chat sent reach /metrics within a second: count
+        # from once they have.
+        before = settled(
+            server,
+            lambda scrape: [
+                scrape("websocket_messages_total", route=CHAT, direction=direction)
+                for direction in ("in", "out")
+            ],
+        )
         for number in range(2):
             sockets[0].send(json.dumps({"text": f"message {number}"}))
         for ws in sockets:
